@@ -1,0 +1,619 @@
+"""contgpt: pretrained Llama-family language models run as Continuous Causal Transformers.
+
+One file, read top to bottom: families, config, norm, rotary, attention, MLP, block, model,
+generation. It loads Hugging Face parameter names as they are (see load.py) and, with unit
+durations, computes exactly the ordinary model. How it differs from an ordinary Llama:
+
+1. Positions are real numbers. RoPE angles are computed in float32 from the positions given on
+   each call; there is no integer-indexed cos/sin table (which cannot hold fractional positions).
+2. Every token lasts for a duration d > 0: it holds its embedding on the interval (t - d, t].
+   Attention over past time, integrated with the right-endpoint rectangle rule, is ordinary
+   softmax attention plus log(d_j) on every score of key j. d = 1 is the ordinary model and
+   d = 0 hides a key. `rule` moves a key's rotary position inside its interval.
+3. Inputs may be embedding vectors instead of token ids (raw rows of the embedding table, so a
+   word halfway between two words is just a mixed row); family scalings are applied here.
+4. The KV cache stores each key's log-duration with its rotated key, so generation can continue
+   a prefix that lives on a continuous timeline.
+5. Mistral, Qwen2, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
+   few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
+
+Sliding windows count tokens (sequence indices), as in the discrete models, not units of time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """How a family departs from Llama. Everything not listed here is shared."""
+
+    act: str = "silu"  # MLP gate activation: "silu", or "gelu_tanh" (Gemma)
+    norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + weight): Gemma stores weight - 1
+    embed_scale: bool = False  # input embeddings are multiplied by sqrt(dim) (Gemma)
+    qkv_bias: bool = False  # q, k and v projections carry a bias, o does not (Qwen2)
+    fused: bool = False  # one qkv_proj and one gate_up_proj matrix (Phi-3)
+    sandwich_norm: bool = False  # each branch's output is normalised too (Gemma 2 and 3)
+    qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3)
+    global_every: int = 0  # default layer pattern: every n-th layer global, the rest sliding
+
+
+_GEMMA = dict(act="gelu_tanh", norm_offset=1.0, embed_scale=True)
+FAMILIES = {
+    "llama": Quirks(),
+    "mistral": Quirks(),
+    "qwen2": Quirks(qkv_bias=True),
+    "phi3": Quirks(fused=True),
+    "gemma": Quirks(**_GEMMA),
+    "gemma2": Quirks(**_GEMMA, sandwich_norm=True, global_every=2),
+    "gemma3_text": Quirks(**_GEMMA, sandwich_norm=True, qk_norm=True, global_every=6),
+}
+ROPE_TYPES = ("default", "linear", "llama3")
+RULES = ("right", "left", "midpoint")
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    family: str = "llama"
+    vocab_size: int = 32000
+    dim: int = 4096  # hidden_size
+    hidden_dim: int = 11008  # intermediate_size of the MLP
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    head_dim: int = 128
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "linear" | "llama3", ...}, global layers
+    rope_local_theta: float | None = None  # Gemma 3: sliding layers use plain RoPE of this base
+    rotary_fraction: float = 1.0  # rotate only the first part of each head (partial RoPE)
+    attention_bias: bool = False  # biases on all four attention projections
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    sliding_window: int | None = None  # in tokens
+    sliding_layers: tuple[bool, ...] = ()  # per layer: does it use the sliding window?
+    query_scale: float | None = None  # scores scaled by query_scale**-0.5, else head_dim**-0.5
+    attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) before the bias
+    logit_softcap: float | None = None  # Gemma 2: the same on the output logits
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unsupported architecture {self.family!r}; supported: {', '.join(FAMILIES)}")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"unsupported RoPE scaling {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+        if not self.sliding_layers:
+            self.sliding_layers = (False,) * self.n_layers
+        self.sliding_layers = tuple(bool(s) and self.sliding_window is not None for s in self.sliding_layers)
+        if len(self.sliding_layers) != self.n_layers:
+            raise ValueError(f"{len(self.sliding_layers)} layer types given for {self.n_layers} layers")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"{self.n_heads} query heads cannot share {self.n_kv_heads} key/value heads evenly")
+
+    @property
+    def quirks(self) -> Quirks:
+        return FAMILIES[self.family]
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Config:
+        """Config from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
+        family = hf.get("model_type")
+        if family not in FAMILIES:
+            arch = family or hf.get("architectures")
+            raise ValueError(f"unsupported architecture {arch!r}; supported model_type: {', '.join(FAMILIES)}")
+        n_layers, n_heads = hf["num_hidden_layers"], hf["num_attention_heads"]
+        global_rope, local_rope = _hf_rope(hf)
+        return cls(
+            family=family,
+            vocab_size=hf["vocab_size"],
+            dim=hf["hidden_size"],
+            hidden_dim=hf["intermediate_size"],
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=global_rope.get("rope_theta", 10000.0),
+            rope_scaling=global_rope if global_rope.get("rope_type", "default") != "default" else None,
+            rope_local_theta=local_rope.get("rope_theta") if local_rope else None,
+            rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
+            attention_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
+            tie_embeddings=hf.get("tie_word_embeddings", family.startswith("gemma")),
+            sliding_window=_hf_sliding_window(hf),
+            sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
+            query_scale=hf.get("query_pre_attn_scalar"),
+            attn_softcap=hf.get("attn_logit_softcapping"),
+            logit_softcap=hf.get("final_logit_softcapping"),
+        )
+
+
+def _hf_rope(hf: dict) -> tuple[dict, dict | None]:
+    """(global RoPE parameters, local ones or None) from either config layout."""
+    params = hf.get("rope_parameters")
+    if params is None:  # transformers 4.x: rope_theta + rope_scaling (+ Gemma 3's local base)
+        params = dict(hf.get("rope_scaling") or {}, rope_theta=hf.get("rope_theta", 10000.0))
+        if "rope_local_base_freq" in hf:
+            params = {"full_attention": params, "sliding_attention": {"rope_theta": hf["rope_local_base_freq"]}}
+    if "full_attention" in params:  # one set per layer type
+        return _rope_type(params["full_attention"]), params.get("sliding_attention")
+    return _rope_type(params), None
+
+
+def _rope_type(params: dict) -> dict:
+    params = dict(params)
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def _hf_sliding_window(hf: dict) -> int | None:
+    if hf.get("use_sliding_window") is False:  # Qwen2 carries a window it does not use
+        return None
+    return hf.get("sliding_window")
+
+
+def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, ...]:
+    if "layer_types" in hf:
+        return tuple(t == "sliding_attention" for t in hf["layer_types"])
+    every = hf.get("sliding_window_pattern", quirks.global_every)
+    if every:
+        return tuple((i + 1) % every != 0 for i in range(n_layers))
+    if hf.get("use_sliding_window"):  # Qwen2: the layers from max_window_layers on slide
+        return tuple(i >= hf.get("max_window_layers", 0) for i in range(n_layers))
+    return (True,) * n_layers  # Mistral, Phi-3: every layer, when a window is set at all
+
+
+# ----------------------------------------------------------------------------- norm
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, offset: float):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.ones(dim) - offset)
+
+    def forward(self, x):
+        # in float32 whatever the dtype: the mean of squares overflows or loses bits in 16 bits
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (self.offset + self.weight.float())).type_as(x)
+
+
+# ----------------------------------------------------------------------------- rotary
+
+
+def inverse_frequencies(cfg: Config, local: bool) -> torch.Tensor:
+    """RoPE frequencies (rotary_dim // 2,), float32. `local`: Gemma 3's sliding-layer RoPE."""
+    rotary_dim = int(cfg.head_dim * cfg.rotary_fraction)
+    theta = cfg.rope_local_theta if local else cfg.rope_theta
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    scaling = None if local else cfg.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling["rope_type"] == "linear":  # stretch time: all angles divided by the factor
+        return inv_freq / scaling["factor"]
+    # llama3: long wavelengths divided by the factor, short ones kept, a smooth ramp between
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rotary(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles t * f, from real-valued positions (B, T): each (B, 1, T, r/2)."""
+    angles = positions.float()[:, None, :, None] * inv_freq.to(positions.device)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Split-half RoPE (Hugging Face layout) on the first 2 * r channels of x (B, H, T, head_dim)."""
+    r = cos.shape[-1]
+    x1, x2, rest = x[..., :r].float(), x[..., r : 2 * r].float(), x[..., 2 * r :]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """What a forward pass leaves for the next: each layer's rotated keys and values, plus the
+    timeline (positions, durations) of the tokens they belong to. Grows by concatenation."""
+
+    def __init__(self, rule: str = "right"):
+        self.rule = rule
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> (B, n_kv_heads, S, head_dim)
+        self.values: dict[int, torch.Tensor] = {}
+        self.positions: torch.Tensor | None = None  # (B, S) float32
+        self.durations: torch.Tensor | None = None  # (B, S) float32
+
+    def __len__(self) -> int:
+        return 0 if self.positions is None else self.positions.shape[1]
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.positions is None else self.positions.shape[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer in self.keys:
+            k = torch.cat((self.keys[layer], k), dim=2)
+            v = torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def expand(self, batch_size: int) -> KVCache:
+        """A cache of batch_size copies of this one-example cache, sharing its memory."""
+        if self.batch_size != 1:
+            raise ValueError(f"only a cache of one example can be expanded, this one holds {self.batch_size}")
+        out = KVCache(self.rule)
+        grow = lambda t: t.expand(batch_size, *t.shape[1:])  # noqa: E731
+        out.keys = {i: grow(k) for i, k in self.keys.items()}
+        out.values = {i: grow(v) for i, v in self.values.items()}
+        out.positions, out.durations = grow(self.positions), grow(self.durations)
+        return out
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        q = cfg.quirks
+        self.layer, self.cfg = layer, cfg
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
+        q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        if q.fused:
+            self.qkv_proj = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.attention_bias)
+        else:
+            bias = cfg.attention_bias or q.qkv_bias
+            self.q_proj = nn.Linear(cfg.dim, q_size, bias=bias)
+            self.k_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
+            self.v_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
+        self.o_proj = nn.Linear(q_size, cfg.dim, bias=cfg.attention_bias)
+        if q.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, q.norm_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, q.norm_offset)
+
+    def project(self, x):
+        if hasattr(self, "qkv_proj"):
+            q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def forward(self, x, rope, bias, cache: KVCache | None):
+        B, T, _ = x.shape
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        # queries sit at their positions t_i; keys wherever the quadrature rule puts them
+        (q_cos, q_sin), (k_cos, k_sin) = rope
+        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, k_cos, k_sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
+        # grouped-query attention without copying keys: query heads grouped by their kv head
+        rep = self.n_heads // self.n_kv_heads
+        q = q.view(B, self.n_kv_heads, rep, T, self.head_dim)
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).float() * self.scale  # (B, Hkv, rep, T, S)
+        if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
+            scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
+        scores = scores + bias[:, None, None]  # + log d_j on visible keys, -inf elsewhere
+        out = scores.softmax(dim=-1).type_as(v) @ v.unsqueeze(2)  # (B, Hkv, rep, T, hd)
+        out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(out)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.quirks.act]
+        if cfg.quirks.fused:
+            self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=cfg.mlp_bias)
+        else:
+            self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+            self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        q = cfg.quirks
+        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, q.norm_offset)  # noqa: E731
+        self.sandwich = q.sandwich_norm
+        self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
+        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
+        if self.sandwich:
+            self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
+
+    def forward(self, x, rope, bias, cache):
+        h = self.self_attn(self.input_layernorm(x), rope, bias, cache)
+        if self.sandwich:  # Gemma 2/3: post_attention_layernorm normalises the attention output
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + h  # Llama: post_attention_layernorm is the norm in front of the MLP
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(cfg.vocab_size, cfg.dim),
+                layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers)),
+                norm=RMSNorm(cfg.dim, cfg.norm_eps, cfg.quirks.norm_offset),
+            )
+        )
+        # tied models read their output projection from the embedding table: no lm_head at all,
+        # which keeps the parameter names equal to the checkpoint's (tied ones store no lm_head)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
+        tokens = torch.as_tensor(tokens, device=self.model.embed_tokens.weight.device)
+        _check_token_ids(tokens, self.config.vocab_size)
+        return self.model.embed_tokens(tokens)
+
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        *,
+        embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        durations: torch.Tensor | None = None,
+        rule: str = "right",
+        last_only: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) in float32, or (B, 1, vocab) with last_only.
+
+        tokens (B, T) or (T,) ids, or embeds (B, T, dim) raw table rows: exactly one.
+        positions, durations: (T,) or (B, T) floats; see `timeline` for the defaults.
+        rule: where a key's rotary position sits in its interval (t - d, t]: "right" (t, the
+        paper's), "left" (t - d) or "midpoint" (t - d/2). Queries always sit at t.
+        cache: a KVCache to continue and extend (the new tokens follow the cached ones).
+        """
+        cfg = self.config
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        if cache is not None and len(cache) and cache.rule != rule:
+            raise ValueError(f"this cache holds keys placed by rule {cache.rule!r}, not {rule!r}")
+        x = self._input_embeddings(tokens, embeds)  # (B, T, dim)
+        pos, dur = timeline(x.shape[0], x.shape[1], positions, durations, cache, x.device)
+        B, T = pos.shape
+        x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
+
+        key_pos = pos - {"right": 0.0, "left": 1.0, "midpoint": 0.5}[rule] * dur
+        all_dur = dur if cache is None or not len(cache) else torch.cat((cache.durations, dur), dim=1)
+        ropes, biases = {}, {}
+        for sliding in sorted(set(cfg.sliding_layers)):
+            local = sliding and cfg.rope_local_theta is not None
+            inv_freq = inverse_frequencies(cfg, local)
+            ropes[sliding] = (rotary(pos, inv_freq), rotary(key_pos, inv_freq))
+            biases[sliding] = attention_bias(all_dur, T, cfg.sliding_window if sliding else None)
+        if cache is not None:
+            cache.rule = rule
+            cache.positions = pos if not len(cache) else torch.cat((cache.positions, pos), dim=1)
+            cache.durations = all_dur
+
+        for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
+            x = layer(x, ropes[sliding], biases[sliding], cache)
+        if last_only:
+            x = x[:, -1:]
+        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(self.model.norm(x), head).float()
+        if cfg.logit_softcap:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        return logits
+
+    def _input_embeddings(self, tokens, embeds) -> torch.Tensor:
+        cfg, table = self.config, self.model.embed_tokens.weight
+        if (tokens is None) == (embeds is None):
+            raise ValueError("give exactly one of tokens= or embeds=")
+        if tokens is not None:
+            tokens = torch.as_tensor(tokens, device=table.device)
+            if tokens.dim() == 1:
+                tokens = tokens[None]
+            if tokens.dim() != 2 or tokens.shape[1] == 0:
+                raise ValueError(f"tokens must have shape (T,) or (B, T) with T > 0, not {tuple(tokens.shape)}")
+            x = self.embed(tokens)
+        else:
+            embeds = torch.as_tensor(embeds)
+            if embeds.dim() == 2:
+                embeds = embeds[None]
+            if embeds.dim() != 3 or embeds.shape[-1] != cfg.dim or embeds.shape[1] == 0:
+                raise ValueError(f"embeds must have shape (B, T, {cfg.dim}), not {tuple(embeds.shape)}")
+            if not torch.isfinite(embeds).all():
+                raise ValueError("embeds contain NaN or infinite values")
+            x = embeds.to(device=table.device, dtype=table.dtype)
+        if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
+            x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
+        return x
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens,
+        max_new_tokens: int,
+        *,
+        positions=None,
+        durations=None,
+        rule: str = "right",
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: set[int] | None = None,
+    ) -> list[int]:
+        """Continue one prompt (T,) that may live on a continuous timeline; returns the new ids.
+
+        The prompt is run once into a KV cache; each new token then sits at the last position
+        + 1 with duration 1 and costs one single-token forward. temperature 0 is greedy
+        (argmax); otherwise sample from softmax(logits / temperature), optionally among the
+        top_k, with a torch.Generator seeded by `seed`. Stops early at any id in `stop`.
+        """
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 1:
+            raise ValueError(f"generate continues one prompt of shape (T,), not {tuple(tokens.shape)}")
+        device = self.model.embed_tokens.weight.device
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        cache = KVCache(rule)
+        logits = self(tokens, positions=positions, durations=durations, rule=rule, last_only=True, cache=cache)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            next_id = sample(logits[0, -1], temperature, top_k, generator)
+            out.append(next_id)
+            if (stop and next_id in stop) or len(out) == max_new_tokens:
+                break
+            step = torch.tensor([next_id], device=device)
+            logits = self(step, positions=cache.positions[0, -1:] + 1.0, durations=torch.ones(1), rule=rule,
+                          last_only=True, cache=cache)  # fmt: skip
+        return out
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> int:
+    """One id from a (vocab,) row of logits: argmax at temperature 0, else a softmax draw."""
+    if temperature < 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite and >= 0, not {temperature}")
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[-1]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+# ----------------------------------------------------------------------------- timeline
+
+
+def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and durations (B', T) in float32 for T new tokens, validated.
+
+    Defaults reproduce the discrete model: positions 0..T-1 (continuing after a cache), duration 1.
+    Durations alone: positions are their running sum minus 1 (after the cache's last position).
+    Positions alone: each duration is the gap to the previous position; the first one is 1
+    (or the gap to the cache's last position). B' is the largest batch among the input, the
+    timeline and the cache; each of them must hold B' examples or one, shared by all.
+    """
+    last = None if cache is None or not len(cache) else cache.positions[:, -1:]  # (B, 1)
+    pos = _as_timeline("positions", positions, T, device)
+    dur = _as_timeline("durations", durations, T, device)
+    batches = {"input": B} | {k: v.shape[0] for k, v in (("positions", pos), ("durations", dur), ("cache", last)) if v is not None}
+    n = max(batches.values())
+    if any(b not in (1, n) for b in batches.values()):
+        raise ValueError(f"batch sizes do not match: {batches}")
+    if dur is not None:
+        _check_finite("durations", dur)
+        bad = (dur < 0).nonzero()
+        if len(bad):
+            b, i = bad[0].tolist()
+            raise ValueError(f"durations must be >= 0, but durations[{b}, {i}] = {dur[b, i].item()}")
+    if pos is None:
+        if dur is None:
+            dur = torch.ones(1, T, device=device)
+        start = last if last is not None else torch.full((1, 1), -1.0, device=device)
+        pos = start + dur.cumsum(dim=1)
+    elif dur is None:
+        first = pos[:, :1] - last if last is not None else torch.ones_like(pos[:, :1])
+        dur = torch.cat((first, pos[:, 1:] - pos[:, :-1]), dim=1)
+        bad = (dur < 0).nonzero()
+        if len(bad):
+            b, i = bad[0].tolist()
+            raise ValueError(
+                f"positions alone imply durations as gaps, but position {i} of example {b} comes before "
+                f"the one preceding it; pass durations= too for a timeline that goes back in time"
+            )
+    _check_finite("positions", pos)
+    return pos.expand(n, T), dur.expand(n, T)
+
+
+def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
+    if value is None:
+        return None
+    value = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if value.dim() == 1:
+        value = value[None]
+    if value.dim() != 2 or value.shape[1] != T:
+        raise ValueError(f"{name} must have shape ({T},) or (B, {T}) to match the input, not {tuple(value.shape)}")
+    return value
+
+
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    bad = (~torch.isfinite(value)).nonzero()
+    if len(bad):
+        b, i = bad[0].tolist()
+        raise ValueError(f"{name} must be finite, but {name}[{b}, {i}] = {value[b, i].item()}")
+
+
+def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ValueError(f"token ids must be integers, not {tokens.dtype}")
+    bad = ((tokens < 0) | (tokens >= vocab_size)).nonzero()
+    if len(bad):
+        where = tuple(bad[0].tolist())
+        raise ValueError(f"token id {tokens[where].item()} at index {where} is outside the vocabulary [0, {vocab_size})")
+
+
+def attention_bias(durations: torch.Tensor, n_new: int, window: int | None) -> torch.Tensor:
+    """Additive attention bias (B, T, S) for the last T = n_new of S tokens with these durations.
+
+    log d_j where key j is visible to query i (j <= i, and within the window), -inf elsewhere;
+    log 0 = -inf hides a zero-duration key. Raises if a query would see nothing at all, since
+    its softmax would be 0/0.
+    """
+    B, S = durations.shape
+    q_idx = torch.arange(S - n_new, S, device=durations.device)[:, None]  # (T, 1)
+    k_idx = torch.arange(S, device=durations.device)[None, :]  # (1, S)
+    visible = k_idx <= q_idx
+    if window is not None:
+        visible = visible & (q_idx - k_idx < window)
+    bias = torch.where(visible, durations.log()[:, None, :], -math.inf)  # (B, T, S)
+    blind = torch.isneginf(bias).all(dim=-1).nonzero()
+    if len(blind):
+        b, i = blind[0].tolist()
+        raise ValueError(
+            f"token {S - n_new + i} of example {b} sees no key of positive duration (itself included): "
+            f"give it or an earlier token a duration > 0"
+        )
+    return bias

@@ -1,0 +1,176 @@
+"""Shared fixtures: tiny random checkpoints written by transformers itself, and reference data.
+
+transformers and tokenizers are test-only references; ../shared (this workplace's fixtures) is
+optional and the tests that need it skip cleanly without it.
+"""
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+STORIES = SHARED / "models" / "stories260K"
+
+needs_stories = pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="../shared/models/stories260K absent")
+
+VOCAB = 101
+COMMON = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+)  # fmt: skip
+
+# One tiny checkpoint per family and per feature worth checking; each differs from Llama where its
+# family does. Values are chosen so every quirk changes the output (small soft-caps, a llama3
+# RoPE whose ramp covers one frequency, head_dim unequal to hidden / heads, a window of 4 < T).
+TINY = {
+    "llama3": ("LlamaConfig", dict(head_dim=16, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+               high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0))),
+    "llama_linear": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True, rope_scaling=dict(rope_type="linear", factor=2.5))),
+    "llama_tied": ("LlamaConfig", dict(tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(sliding_window=4)),
+    "qwen2": ("Qwen2Config", dict(rope_theta=1e6)),
+    "gemma": ("GemmaConfig", dict(head_dim=16)),
+    "gemma2": ("Gemma2Config", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+               attn_logit_softcapping=3.0, final_logit_softcapping=2.0)),
+    "gemma3": ("Gemma3TextConfig", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
+               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+               rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                                "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
+    "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5)),
+}  # fmt: skip
+SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
+
+
+def randomize(model, seed: int = 0) -> None:
+    """Weights large enough that attention is far from uniform and norms are not identities."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name:
+                p.add_(0.3 * noise)  # around 1 (Llama) or 0 (Gemma's 1 + w)
+            elif "embed" in name:
+                p.copy_(noise)
+            else:
+                p.copy_(0.25 * noise)
+
+
+def write_tiny(name: str, folder: Path, **save_kw) -> Path:
+    import transformers
+
+    cls_name, extra = TINY[name]
+    config = getattr(transformers, cls_name)(**{**COMMON, **extra})
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    randomize(model, seed=sum(map(ord, name)))
+    path = folder / name
+    model.save_pretrained(path, **save_kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """name -> checkpoint directory, written once per session by transformers' save_pretrained."""
+    folder = tmp_path_factory.mktemp("tiny")
+    cache = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = write_tiny(name, folder)
+        return cache[name]
+
+    return get
+
+
+def reference_model(path: Path):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+def reference_mask(durations: torch.Tensor, window: int | None, name: str):
+    """The 4-D additive mask (B, 1, T, T) transformers takes for a continuous timeline:
+    log-durations on the causal triangle, and the sliding window where the family has one
+    (a dict per layer type, since a prepared 4-D mask is used as it is for every layer)."""
+    T = durations.shape[1]
+    idx = torch.arange(T)
+    causal = idx[None, :] <= idx[:, None]
+
+    def mask(visible):
+        return torch.where(visible, durations.log()[:, None, None, :], -math.inf)
+
+    if window is None:
+        return mask(causal)
+    sliding = mask(causal & (idx[:, None] - idx[None, :] < window))
+    if name in SLIDING_ALL:
+        return sliding
+    return {"full_attention": mask(causal), "sliding_attention": sliding}
+
+
+def random_timeline(B: int, T: int, seed: int = 0):
+    """Per-row random durations in [0.1, 2] (some above 1: positive biases) and positions that
+    are their running sum plus a random offset."""
+    g = torch.Generator().manual_seed(seed)
+    durations = 0.1 + 1.9 * torch.rand(B, T, generator=g)
+    positions = durations.cumsum(1) - 1 + 3 * torch.rand(B, 1, generator=g)
+    return positions, durations
+
+
+def varied_strings(n: int = 240, seed: int = 0) -> list[str]:
+    """Hand-picked hard cases, then random mixtures of scripts, digits, whitespace and code."""
+    fixed = [
+        "", " ", "  ", "\n", "\n\n", "\t", " \n ", "Hello world", " Hello world", "Hello  world  ",
+        "hello\nworld", "hello\n\nworld", "hello \n world", "\r\nwindows\r\nlines", "tab\tseparated\tvalues",
+        "I'm", "you're", "they'LL", "it's", "We'VE", "don't", "'s", "12", "123", "1234", "12345",
+        "3.14159", "1,000,000", "2024-05-01", "a1b2c3", " 42", "x=1;y=2", "0x1F", "1e-5",
+        "café", "naïve résumé", "Ελληνικά", "русский текст", "日本語のテキスト", "中文字符", "한국어",
+        "العربية", "עברית", "हिन्दी", "🙂", "🙂🙂 emoji 👍🏽", "👨‍👩‍👧", "€100", "£ and ¥", "ﬁ ligature",
+        "def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}",
+        "<html><body>hi</body></html>", "SELECT * FROM t WHERE a = 'b';", "    indented", "a" * 30,
+        "The quick brown fox jumps over the lazy dog.", "UPPER lower MiXeD", "e.g. i.e. etc.",
+        "!!!???...", "(parenthesis) [brackets] {braces}", "mail@example.com", "https://example.com/a?b=c",
+        "apple apple apple apple", 'Question: In the sentence "apple apple apple apple", how many times?',
+    ]
+    pools = [
+        ["the", "cat", "apple", "running", "Question", "answer", "über", "façade", "日本", "мир", "🙂", "σ"],
+        ["0", "7", "42", "2024", "3.5", "100000"],
+        [" ", "  ", "   ", "\n", "\n\n", "\t", " \n", "\r\n"],
+        [".", ",", "!", "?", "'s", "'ll", "-", "_", "(", ")", "{", "}", ":", ";", "\"", "#", "/", "*"],
+        ["def", "return", "=", "==", "->", "x[i]", "f(x)", "//", "/*", "*/", "0x", "\\n"],
+    ]
+    rng = random.Random(seed)
+    out = list(fixed)
+    while len(out) < n:
+        pieces = [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 14))]
+        out.append("".join(pieces))
+    return out
+
+
+def fetch_or_skip(fetch):
+    """Run a registry download; without network, skip outside CI and fail in CI (which has it)."""
+    import os
+
+    from download import DownloadError
+
+    try:
+        return fetch()
+    except DownloadError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"registry not reachable: {e}")
+
+
+def llama3_tokenizer_file() -> Path:
+    """The official Llama 3 tiktoken file, from the llama-models 0.3.0 wheel, hash-checked, cached."""
+    from download import Release, cache_dir, fetch_assembled
+
+    wheel = Release("llama-models", "0.3.0", "llama_models-0.3.0-py3-none-any.whl",
+                    "7f77f78ff13fca09f70d76a376aff6414cd901623fb9d57e69c2f8367a73032f")  # fmt: skip
+    sha = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
+    dest = cache_dir() / "reference" / "llama3-tokenizer.model"
+    return fetch_or_skip(lambda: fetch_assembled([(wheel, "llama_models/llama3/tokenizer.model")], sha, dest))
