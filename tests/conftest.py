@@ -152,6 +152,39 @@ def varied_strings(n: int = 240, seed: int = 0) -> list[str]:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_spm(tmp_path_factory):
+    """A Llama-style SentencePiece BPE model (byte fallback, split digits, kept whitespace)."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(varied_strings(3000, seed=1)), model_writer=out, vocab_size=600,
+        model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=0.999,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
+        add_dummy_prefix=True, minloglevel=2,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
+    path.write_bytes(out.getvalue())
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_bpe_json(tmp_path_factory):
+    """A GPT-2-style byte-level BPE tokenizer.json that `tokenizers` trains here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=900, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(varied_strings(3000, seed=3), trainer)
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    tk.save(str(path))
+    return path
+
+
 def fetch_or_skip(fetch):
     """Run a registry download; without network, skip outside CI and fail in CI (which has it)."""
     import os

@@ -1,11 +1,9 @@
 """Tokenizers against the `tokenizers` library (test-only reference), string for string."""
 
-import io
 import json
 import shutil
 
 import pytest
-import sentencepiece as spm
 from conftest import STORIES, llama3_tokenizer_file, needs_stories, varied_strings
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
@@ -35,21 +33,6 @@ def hf_legacy_llama_tokenizer(model_file, folder):
     tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tk.pre_tokenizer = None
     return tk
-
-
-@pytest.fixture(scope="module")
-def trained_spm(tmp_path_factory):
-    """A Llama-style SentencePiece BPE model (byte fallback, split digits, kept whitespace)."""
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(varied_strings(3000, seed=1)), model_writer=out, vocab_size=600,
-        model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=0.999,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
-        add_dummy_prefix=True, minloglevel=2,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
-    path.write_bytes(out.getvalue())
-    return path
 
 
 @pytest.mark.parametrize("which", ["trained", pytest.param("stories260K", marks=needs_stories)])

@@ -1,0 +1,192 @@
+"""Reproduce the paper's quantitative results: one task over a 200-item dataset, with the
+paper's metrics (paper.py), on any model contgpt loads.
+
+    python demos/reproduce.py --task counting                      # built-in dataset (data/)
+    python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b
+    python demos/reproduce.py --table                              # the README table from finished runs
+
+Each finished item is appended to <out>/<task>_<model>_<dataset>.jsonl with its curves, so a
+stopped run continues where it was (items are not recomputed). An item that cannot be run is
+recorded with its reason. At the end: a summary JSON, a markdown table and the paper-style plots.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import paper  # noqa: E402
+from experiments import answer_probs, load_for_demo  # noqa: E402
+from sweep import last_logits  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "paperdata" / "reference" / "digitized_official_graphs_approx.json"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=paper.TASKS)
+    parser.add_argument("--data", type=Path, help="a dataset in the official JSON format (default: the built-in one)")
+    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
+    parser.add_argument("--limit", type=int, help="run only the first N items")
+    parser.add_argument("--samples", type=int, default=40, help="points per sweep (durations c, or alphas)")
+    parser.add_argument("--out", type=Path, default=Path("out/reproduce"))
+    parser.add_argument("--table", action="store_true", help="print the markdown table of every summary in --out")
+    parser.add_argument("--reference", type=Path, default=REFERENCE, help="the paper's digitized areas, for --table")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.out, args.reference))
+        return
+    if not args.task:
+        parser.error("--task is required (or --table)")
+    run(args)
+
+
+def run(args) -> dict:
+    started = time.perf_counter()
+    items = paper.load_items(args.task, args.data)[: args.limit]
+    dataset = args.data.stem if args.data else "builtin"
+    name = f"{args.task}_{model_label(args.model)}_{dataset}"
+    log = args.out / f"{name}.jsonl"
+    done = {json.loads(line)["key"] for line in log.open()} if log.exists() else set()
+    todo = [item for item in items if item["key"] not in done]
+    print(f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(done)} already done, "
+          f"{len(todo)} to run, {args.samples} samples each")  # fmt: skip
+    model, tokenizer = load_for_demo(args.model) if todo or not log.exists() else (None, None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        for item in tqdm(todo, desc=args.task, unit="item"):
+            out.write(json.dumps(run_item(args.task, item, model, tokenizer, args.samples)) + "\n")
+            out.flush()
+    keys = {item["key"] for item in items}
+    records = [r for r in map(json.loads, log.open()) if r["key"] in keys]
+    summary = {"task": args.task, "model": str(args.model), "dataset": dataset, "samples": args.samples,
+               "seconds": time.perf_counter() - started, **paper.summarize(args.task, records)}  # fmt: skip
+    (args.out / f"{name}.summary.json").write_text(json.dumps(summary, indent=1))
+    plot(args.task, records, summary, args.out / f"{name}.png")
+    print(summary_line(summary))
+    for key, error in summary["errors"].items():
+        print(f"  item {key} not run: {error}")
+    print(f"wrote {log}, {args.out / (name + '.summary.json')} and {args.out / (name + '.png')}")
+    return summary
+
+
+def model_label(source: str) -> str:
+    """A named model's name, or a checkpoint's file or folder name."""
+    from load import MODELS
+
+    return source if source in MODELS else Path(source).name.removesuffix(".gguf")
+
+
+def run_item(task: str, item: dict, model, tokenizer, samples: int) -> dict:
+    """One item's record: its curves and metrics, or the reason it could not be run."""
+    try:
+        if task == "interpolation":
+            case = paper.interpolation_case(item, model, tokenizer, samples)
+        else:
+            case = getattr(paper, f"{task}_case")(item, tokenizer, samples)
+    except ValueError as e:
+        return {"key": item["key"], "error": str(e)}
+    probs = answer_probs(last_logits(model, **case.inputs), tokenizer, case.answers)[0]
+    if task in ("counting", "events"):
+        metrics = paper.counting_metrics(probs, case.info["n"])
+    elif task == "sums":
+        metrics = paper.sums_metrics(probs, case.info["correct"], case.info["readings"])
+    else:
+        metrics = paper.interpolation_metrics(case.x, probs)
+    return {"key": case.key, "info": case.info, "x": case.x, "answers": case.answers,
+            "probs": [[round(p, 6) for p in row] for row in probs.tolist()], "metrics": metrics}  # fmt: skip
+
+
+def summary_line(s: dict) -> str:
+    head = f"{s['task']} on {s['model']} ({s['dataset']}): {s['run']}/{s['items']} items run"
+    if s["run"] == 0:
+        return head
+    if s["task"] in ("counting", "events"):
+        return (f"{head}; area under completeness: observed {s['auc_completeness']:.3f}, counterfactual "
+                f"{s['auc_counterfactual']:.3f}; IoU {s['auc_iou']:.3f}; peak rate {s['peak_rate']:.3f}")  # fmt: skip
+    if s["task"] == "sums":
+        return (f"{head} ({s['undecidable']} undecidable); valid {s['valid_rate']:.3f}; of valid: successful "
+                f"{s['successful_rate']:.3f}, strongly {s['strongly_rate']:.3f}, completely {s['completely_rate']:.3f}")  # fmt: skip
+    kinds = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_lipschitz_by_kind"].items())
+    return (f"{head}; mean variation {s['mean_variation']:.3f}, share >= 0.05: {s['share_variation_over_0.05']:.3f}; "
+            f"mean normalised Lipschitz: {kinds}")  # fmt: skip
+
+
+def plot(task: str, records: list[dict], summary: dict, path: Path) -> None:
+    """Completeness and IoU against the threshold (counting, events), the variation histogram
+    (interpolation), the success rates (sums)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if summary["run"] == 0:
+        return
+    taus = paper.THRESHOLDS.tolist()
+    if task in ("counting", "events"):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+        a.plot(taus, summary["completeness_curve"], label=f"observed (area {summary['auc_completeness']:.3f})")
+        a.plot(taus, summary["counterfactual_curve"], "--", label=f"counterfactual (area {summary['auc_counterfactual']:.3f})")
+        a.set(xlabel="threshold", ylabel="completeness", title=f"{task}: time sensitivity")
+        b.plot(taus, summary["iou_curve"], label=f"IoU (area {summary['auc_iou']:.3f})")
+        b.set(xlabel="threshold", ylabel="IoU", title=f"{task}: IoU")
+        for ax in (a, b):
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+    elif task == "sums":
+        fig, a = plt.subplots(figsize=(5, 3.2), dpi=100)
+        keys = ["valid_rate", "successful_rate", "strongly_rate", "completely_rate"]
+        a.bar([k.replace("_rate", "") for k in keys], [summary[k] for k in keys])
+        a.set(ylim=(0, 1), ylabel="rate", title="sums (rates after 'valid' are of valid items)")
+    else:
+        fig, a = plt.subplots(figsize=(5, 3.2), dpi=100)
+        a.hist([r["metrics"]["variation"] for r in records if "metrics" in r], bins=20)
+        a.set(xlabel="variation (largest excursion outside the endpoint range)", ylabel="items", title="interpolation")
+    fig.suptitle(f"{summary['model']}, {summary['dataset']} dataset", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown_table(out: Path, reference: Path) -> str:
+    """Counting and events areas beside the paper's six models (digitized from the official
+    plots, +-0.02), then the sums and interpolation numbers of every finished run."""
+    summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.summary.json"))]
+    lines = ["| task | model | dataset | items run | completeness (observed) | completeness (counterfactual) | IoU | peak rate |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in summaries:
+        if s["task"] in ("counting", "events") and s["run"]:
+            lines.append(f"| {s['task']} | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['auc_completeness']:.3f} | "
+                         f"{s['auc_counterfactual']:.3f} | {s['auc_iou']:.3f} | {s['peak_rate']:.3f} |")  # fmt: skip
+    if reference.exists():
+        ref = json.loads(reference.read_text())
+        for task in ("counting", "counting_events"):
+            for key in sorted(k for k in ref if k.startswith(f"graph__{task}__completeness")):
+                model = key.split("purity_")[1].removesuffix(".png")
+                iou = ref.get(f"graph__{task}__iou__iou_{model}.png", {}).get("iou", {}).get("auc")
+                row = ref[key]
+                lines.append(f"| {task.replace('counting_', '')} | {model} (paper, digitized) | official | 200/200 | "
+                             f"{row['observed']['auc']:.2f} | {row['counterfactual']['auc']:.2f} | {iou:.2f} | |")  # fmt: skip
+    lines += ["", "| task | model | dataset | items run | valid | successful | strongly | completely |", "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        if s["task"] == "sums" and s["run"]:
+            lines.append(f"| sums | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['valid_rate']:.3f} | "
+                         f"{s['successful_rate']:.3f} | {s['strongly_rate']:.3f} | {s['completely_rate']:.3f} |")  # fmt: skip
+    lines += ["", "| task | model | dataset | items run | mean variation | share >= 0.05 | Lipschitz: both | neither | first | second |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in summaries:
+        if s["task"] == "interpolation" and s["run"]:
+            k = s["mean_lipschitz_by_kind"]
+            lines.append(f"| interpolation | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['mean_variation']:.3f} | "
+                         f"{s['share_variation_over_0.05']:.3f} | " + " | ".join(f"{k.get(q, float('nan')):.2f}" for q in paper.QUESTION_KINDS) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Sums with a shrunk addend: "The sum of 24 and 13 is " with the tokens of 13 lasting c.
+
+Squeezed into less time, a two-digit number can read like one digit: the model's first digit
+moves from that of 24 + 13 towards those of 24 + 1 or 24 + 3.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from experiments import demo_parser, load_for_demo, report, shrink, span_of, sweep  # noqa: E402
+
+PROMPT = "The sum of {a} and {b} is "
+
+
+def main(argv=None):
+    parser = demo_parser(__doc__, samples=100)
+    parser.add_argument("--a", type=int, default=24, help="first addend")
+    parser.add_argument("--b", type=int, default=13, help="second addend, two digits, shrunk")
+    args = parser.parse_args(argv)
+    if not 10 <= args.b <= 99:
+        parser.error("--b must have two digits")
+    started = time.perf_counter()
+    model, tokenizer = load_for_demo(args.model)
+
+    prompt = PROMPT.format(a=args.a, b=args.b)
+    at = prompt.rindex(str(args.b))
+    ids, span = span_of(tokenizer, prompt, [(at, at + 2)])
+    readings = {f"{args.a}+{args.b}": args.a + args.b, f"{args.a}+{args.b // 10}": args.a + args.b // 10,
+                f"{args.a}+{args.b % 10}": args.a + args.b % 10}  # fmt: skip
+    print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")
+    print("first digits: " + ", ".join(f"{k} = {v} -> {str(v)[0]}" for k, v in readings.items()))
+
+    cs = torch.linspace(0.1, 1.0, args.samples)
+    positions, durations = shrink(len(ids), span, cs)
+    curves = sweep(model, tokenizer, [str(d) for d in range(10)], cs, "duration c", tokens=torch.tensor(ids),
+                   positions=positions, durations=durations,
+                   meta={"prompt": prompt, "span": span, "readings": readings, "model": args.model})  # fmt: skip
+    report(curves, args.out, "sums", f"{args.a} + {args.b}, the {args.b} lasting c ({args.model})", started,
+           show=sorted({str(v)[0] for v in readings.values()}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

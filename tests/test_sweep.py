@@ -1,0 +1,141 @@
+"""The sweep engine's prefix cache and batching, and the KV cache behind generation."""
+
+import pytest
+import torch
+from conftest import VOCAB, random_timeline
+
+import experiments as ex
+from contgpt import KVCache
+from load import load
+from sweep import auto_batch_size, last_logits, shared_prefix_length
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["qwen2", "mistral", "gemma2"])
+def model(request, tiny_dir):
+    """Plain, sliding-window (every layer; window 4) and mixed soft-capped models."""
+    return load(tiny_dir(request.param))[0]
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(0))
+
+
+def both_ways(model, **inputs):
+    """The same sweep with its prefix shared and without, in uneven batches."""
+    shared = last_logits(model, **inputs, batch_size=4)
+    alone = last_logits(model, **inputs, batch_size=3, share_prefix=False)
+    return shared, alone
+
+
+def test_shrink_sweep_with_shared_prefix(model, tokens):
+    positions, durations = ex.shrink(12, [5, 6, 7], torch.linspace(0.1, 1.0, 9))
+    assert shared_prefix_length({"positions": positions, "durations": durations}) == 5
+    shared, alone = both_ways(model, tokens=tokens, positions=positions, durations=durations)
+    assert shared.shape == (9, VOCAB) and (shared - alone).abs().max() <= TOL
+
+
+def test_shift_sweep_differs_at_token_zero(model, tokens):
+    positions, durations = ex.shift(12, torch.linspace(0.0, 5.0, 7))
+    assert shared_prefix_length({"positions": positions, "durations": durations}) == 0
+    shared, alone = both_ways(model, tokens=tokens, positions=positions, durations=durations)
+    assert (shared - alone).abs().max() <= TOL
+
+
+def test_interpolation_sweep_with_shared_prefix(model, tokens):
+    rows = model.embed(tokens)
+    alphas = torch.linspace(0, 1, 6)
+    embeds = rows.expand(6, -1, -1).clone()
+    embeds[:, 8] = ex.interpolate(rows[8], model.embed(torch.tensor(3)), alphas)
+    durations = torch.ones(12)
+    durations[8] = 0.7
+    assert shared_prefix_length({"embeds": embeds}) == 8
+    shared, alone = both_ways(model, embeds=embeds, durations=durations)
+    assert (shared - alone).abs().max() <= TOL
+
+
+def test_identical_points_still_run_their_last_token(model, tokens):
+    logits = last_logits(model, tokens, durations=torch.ones(3, 12))
+    assert torch.allclose(logits, model(tokens)[0, -1].expand(3, -1), atol=TOL)
+
+
+def test_per_point_tokens(model):
+    batch = torch.randint(0, VOCAB, (5, 10), generator=torch.Generator().manual_seed(1))
+    batch[:, :6] = batch[0, :6]  # a shared prefix, then different tokens
+    shared, alone = both_ways(model, tokens=batch)
+    assert (shared - alone).abs().max() <= TOL
+    assert (alone - model(batch)[:, -1]).abs().max() <= TOL
+
+
+def test_auto_batch_size(model):
+    assert 1 <= auto_batch_size(model, 1000, 20, 30) <= 1000
+    assert auto_batch_size(model, 3, 20, 30) == 3
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+def test_step_by_step_decoding_equals_full_forward(model):
+    """A continuous prefix into the cache, then one token at a time: the same logits as one
+    forward over the whole sequence with the combined timeline."""
+    g = torch.Generator().manual_seed(2)
+    prefix, new = torch.randint(0, VOCAB, (9,), generator=g), torch.randint(0, VOCAB, (6,), generator=g)
+    positions, durations = random_timeline(1, 9, seed=3)
+    cache = KVCache()
+    steps = [model(prefix, positions=positions[0], durations=durations[0], cache=cache)[0, -1]]
+    for token in new[:-1]:
+        steps.append(model(token[None], positions=cache.positions[0, -1:] + 1, durations=torch.ones(1), cache=cache)[0, -1])
+    all_positions = torch.cat((positions[0], positions[0, -1] + torch.arange(1, 6)))
+    all_durations = torch.cat((durations[0], torch.ones(5)))
+    full = model(torch.cat((prefix, new[:-1])), positions=all_positions, durations=all_durations)[0, 8:]
+    assert (torch.stack(steps) - full).abs().max() <= TOL
+    assert len(cache) == 14
+
+
+def test_cache_defaults_continue_the_timeline(model, tokens):
+    """Without positions, new tokens follow the cache's last position with duration 1."""
+    positions, durations = random_timeline(1, 12, seed=4)
+    cache = KVCache()
+    model(tokens[:8], positions=positions[0, :8], durations=durations[0, :8], cache=cache)
+    stepped = model(tokens[8:], cache=cache)
+    whole_pos = torch.cat((positions[0, :8], positions[0, 7] + torch.arange(1, 5)))
+    whole_dur = torch.cat((durations[0, :8], torch.ones(4)))
+    full = model(tokens, positions=whole_pos, durations=whole_dur)[:, 8:]
+    assert (stepped - full).abs().max() <= TOL
+
+
+def test_cache_misuse_is_an_error(model, tokens):
+    cache = KVCache("left")
+    model(tokens[:4], rule="left", cache=cache)
+    with pytest.raises(ValueError, match="keys placed by rule 'left', not 'right'"):
+        model(tokens[4:6], cache=cache)
+    with pytest.raises(ValueError, match="batch sizes do not match"):
+        model(tokens[4:6].expand(3, 2), rule="left", cache=cache.expand(2))
+    with pytest.raises(ValueError, match="only a cache of one example can be expanded"):
+        cache.expand(2).expand(4)
+
+
+def test_generate_greedy_equals_argmax_decoding(model, tokens):
+    positions, durations = random_timeline(1, 12, seed=5)
+    out = model.generate(tokens, 6, positions=positions[0], durations=durations[0])
+    seq, pos, dur = tokens.clone(), positions[0].clone(), durations[0].clone()
+    for _ in range(6):  # the slow way: a full forward per token
+        nxt = model(seq, positions=pos, durations=dur)[0, -1].argmax()
+        seq, pos, dur = torch.cat((seq, nxt[None])), torch.cat((pos, pos[-1:] + 1)), torch.cat((dur, torch.ones(1)))
+    assert out == seq[12:].tolist()
+
+
+def test_generate_with_seed_is_reproducible(model, tokens):
+    a = model.generate(tokens, 8, temperature=1.5, top_k=20, seed=7)
+    b = model.generate(tokens, 8, temperature=1.5, top_k=20, seed=7)
+    c = model.generate(tokens, 8, temperature=1.5, top_k=20, seed=8)
+    assert a == b and len(a) == 8 and a != c
+    with pytest.raises(ValueError, match="temperature must be finite and >= 0"):
+        model.generate(tokens, 2, temperature=-1.0)
+
+
+def test_generate_stops_before_a_stop_token(model, tokens):
+    free = model.generate(tokens, 5)
+    assert model.generate(tokens, 5, stop={free[2]}) == free[: free.index(free[2])]
