@@ -1,0 +1,201 @@
+"""The paper's protocol: metrics against hand-computed values, official-format parsing on
+fixtures written here (never the official files), and the reproduce command end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CACHE, ROOT, fetch_or_skip
+
+import paper
+
+
+def digits(rows):
+    """(N, 10) digit probabilities from {digit: p} rows; unlisted digits get 0."""
+    out = torch.zeros(len(rows), 10)
+    for i, row in enumerate(rows):
+        for d, p in row.items():
+            out[i, d] = p
+    return out
+
+
+# ----------------------------------------------------------------------------- counting metrics
+
+
+def test_counting_metrics_by_hand():
+    # n = 3; over c the top digits are 1, 2, 2 and at c = 1 the model says 2
+    probs = digits([{1: 0.6, 2: 0.3}, {1: 0.2, 2: 0.7}, {2: 0.5, 3: 0.4, 5: 0.1}])
+    m = paper.counting_metrics(probs, 3)
+    at = lambda curve, tau: curve[round(tau * 100)]  # noqa: E731
+    # max over c: p1 .6, p2 .7, p3 .4, p5 .1; at c = 1: p2 .5, p3 .4, p5 .1
+    assert at(m["completeness"], 0.0) == 1.0 and at(m["iou"], 0.0) == pytest.approx(3 / 10)
+    assert at(m["completeness"], 0.35) == 1.0 and at(m["iou"], 0.35) == 1.0  # F = {1, 2, 3} = E
+    assert at(m["completeness"], 0.45) == pytest.approx(2 / 3) and at(m["iou"], 0.45) == pytest.approx(2 / 3)
+    assert at(m["completeness"], 0.65) == pytest.approx(1 / 3) and at(m["completeness"], 0.75) == 0.0
+    assert at(m["counterfactual"], 0.35) == pytest.approx(2 / 3) and at(m["counterfactual"], 0.45) == pytest.approx(1 / 3)
+    assert at(m["iou"], 0.05) == pytest.approx(3 / 4)  # F = {1, 2, 3, 5}
+    assert m["peak_rate"] == pytest.approx(2 / 3)  # 1 and 2 peak, 3 never does
+
+
+def test_counting_metrics_of_a_flat_curve():
+    probs = digits([{4: 1.0}] * 5)  # always "4", n = 4: only 4 of E is ever seen
+    m = paper.counting_metrics(probs, 4)
+    assert m["completeness"][50] == pytest.approx(0.25) and m["completeness"] == m["counterfactual"]
+    assert m["peak_rate"] == pytest.approx(0.25)
+
+
+def test_counting_ties_count_as_reaching_the_threshold():
+    m = paper.counting_metrics(digits([{1: 0.5, 2: 0.5}]), 2)
+    assert m["completeness"][50] == 1.0  # both reach tau = 0.5 exactly
+    assert m["peak_rate"] == 0.5  # argmax takes one of the tied digits
+
+
+def test_area_and_summary_of_one_item():
+    assert paper.area([1.0] * 101) == pytest.approx(1.0)
+    assert paper.area(paper.THRESHOLDS.tolist()) == pytest.approx(0.5)
+    record = {"key": "0", "metrics": paper.counting_metrics(digits([{1: 0.6, 2: 0.3}, {2: 0.9}]), 2)}
+    s = paper.summarize("counting", [record, {"key": "1", "error": "why not"}])
+    assert (s["items"], s["run"], s["errors"]) == (2, 1, {"1": "why not"})
+    assert s["auc_completeness"] == pytest.approx(paper.area(record["metrics"]["completeness"]))
+    # completeness is 1 up to tau 0.6 (both of E seen), 1/2 up to 0.9, then 0: area 0.6 + 0.3 / 2
+    assert s["auc_completeness"] == pytest.approx(0.6 + 0.15, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- sums metrics
+
+
+def test_sums_metrics_by_hand():
+    # 24 + 13 with 13 shrunk: correct "3"; readings 24 + 1 -> "2", 24 + 3 -> "2"
+    case_readings = ["2"]
+    valid_only = digits([{3: 0.6, 2: 0.3}, {3: 0.7, 2: 0.2}])
+    assert paper.sums_metrics(valid_only, "3", case_readings) == {
+        "valid": True, "decidable": True, "successful": False, "strongly": False, "completely": False}  # fmt: skip
+    beats_not_top = digits([{4: 0.5, 2: 0.3, 3: 0.2}, {3: 0.7}])  # 2 beats 3, but 4 is on top
+    assert paper.sums_metrics(beats_not_top, "3", case_readings)["successful"]
+    assert not paper.sums_metrics(beats_not_top, "3", case_readings)["strongly"]
+    top_once = digits([{2: 0.6, 3: 0.3}, {4: 0.5, 2: 0.3, 3: 0.2}, {3: 0.9}])
+    m = paper.sums_metrics(top_once, "3", case_readings)
+    assert m["strongly"] and not m["completely"]  # at the second c, 2 beats 3 but is not on top
+    always_top = digits([{2: 0.6, 3: 0.3}, {3: 0.9}])
+    assert paper.sums_metrics(always_top, "3", case_readings)["completely"]
+
+
+def test_sums_invalid_and_undecidable():
+    invalid = paper.sums_metrics(digits([{2: 0.9}, {2: 0.6, 3: 0.4}]), "3", ["2"])
+    assert not invalid["valid"] and not invalid["successful"]
+    assert paper.sums_metrics(digits([{3: 1.0}]), "3", []) == {"valid": True, "decidable": False}
+
+
+def test_sums_case_readings(trained_bpe_json):
+    from tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(trained_bpe_json)
+    item = {"key": "0", "template": "{name} had {item_1} and {item_2}. Total: ", "fields": {"name": "Mia", "item_1": 82, "item_2": 38}, "shrink_1": True}
+    case = paper.sums_case(item, tok, 4)
+    assert case.info["correct"] == "1" and case.info["readings"] == ["4"]  # 120; 8 + 38 = 46, 2 + 38 = 40
+    prompt = "Mia had 82 and 38. Total: "
+    ids, offsets = tok.encode_with_offsets(prompt)
+    assert "".join(prompt[offsets[i][0] : offsets[i][1]] for i in case.info["span"]).strip() == "82"
+    assert paper.format_with_offsets("{a}-{b}{a}", {"a": 7, "b": "xy"}) == ("7-xy7", {"a": (0, 1), "b": (2, 4)})
+
+
+# ----------------------------------------------------------------------------- interpolation metrics
+
+
+def test_interpolation_metrics_by_hand():
+    x = torch.linspace(0, 1, 5)
+    probs = torch.tensor([[0.2, 0.8], [0.5, 0.5], [0.9, 0.1], [0.7, 0.3], [0.6, 0.4]])
+    m = paper.interpolation_metrics(x, probs)
+    assert m["variations"] == pytest.approx([0.3, 0.3])  # 0.9 over the top of 0.6; 0.1 under 0.4
+    assert m["lipschitz"][0] == pytest.approx(0.4 / 0.25 / 0.7)  # steepest 0.4 per 0.25, range 0.7
+    assert m["variation"] == pytest.approx(0.3)
+    flat = paper.interpolation_metrics(x, torch.full((5, 2), 0.5))
+    assert flat["variation"] == 0 and math.isnan(flat["lipschitz_max"])
+
+
+def test_interpolation_summary_by_kind():
+    records = [
+        {"key": "0-first", "info": {"kind": "first"}, "metrics": {"variation": 0.1, "lipschitz_max": 2.0}},
+        {"key": "1-first", "info": {"kind": "first"}, "metrics": {"variation": 0.0, "lipschitz_max": float("nan")}},
+        {"key": "0-both", "info": {"kind": "both"}, "metrics": {"variation": 0.02, "lipschitz_max": 1.0}},
+    ]
+    s = paper.summarize("interpolation", records)
+    assert s["mean_variation"] == pytest.approx(0.04) and s["share_variation_over_0.05"] == pytest.approx(1 / 3)
+    assert s["mean_lipschitz_by_kind"] == {"first": 2.0, "both": 1.0} and s["flat_items"] == 1
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_official_formats(tmp_path):
+    counting = write(tmp_path, "w.json", [{"word": "mall", "category": "place", "category_with_article": "a place", "repetitions": 4}])
+    assert paper.load_items("counting", counting) == [{"word": "mall", "category": "place", "category_with_article": "a place",
+                                                       "repetitions": 4, "key": "0"}]  # fmt: skip
+    sums = write(tmp_path, "s.json", [{"template": "{name} {item_1} {item_2}", "fields": {"name": "A", "item_1": 10, "item_2": 20},
+                                       "shrink_1": i % 2 == 0} for i in range(250)])  # fmt: skip
+    assert len(paper.load_items("sums", sums)) == 200  # the paper uses the first 200
+    pairs = [{"options": ["a", "b"], "questions": {k: k + " {}?" for k in paper.QUESTION_KINDS}}] * 54
+    items = paper.load_items("interpolation", write(tmp_path, "e.json", pairs))
+    assert len(items) == 200 and items[1]["kind"] == "neither" and items[1]["key"] == "0-neither"
+
+
+def test_malformed_datasets_are_named(tmp_path):
+    with pytest.raises(ValueError, match="item 1 has no num_sentences of type int"):
+        paper.load_items("events", write(tmp_path, "e.json", [{"sentence": "x", "num_sentences": 3}, {"sentence": "y"}]))
+    with pytest.raises(ValueError, match="a JSON list of items"):
+        paper.load_items("counting", write(tmp_path, "d.json", {"word": "x"}))
+    with pytest.raises(FileNotFoundError, match="no dataset at"):
+        paper.load_items("sums", tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="unknown task 'poetry'"):
+        paper.load_items("poetry")
+
+
+def test_events_steps_must_match(trained_bpe_json):
+    from tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(trained_bpe_json)
+    text = "Tutorial: How to X\n\n- Do a.\n- Do b.\n\nQuestion: How many steps? Answer: It takes "
+    case = paper.events_case({"key": "0", "sentence": text, "num_sentences": 2}, tok, 3)
+    covered = tok.decode([tok.encode(text)[i] for i in case.info["span"]])
+    assert covered.strip() == "- Do a.\n- Do b."
+    with pytest.raises(ValueError, match="num_sentences is 3 but the tutorial lists 2 steps"):
+        paper.events_case({"key": "0", "sentence": text, "num_sentences": 3}, tok, 3)
+
+
+def test_builtin_datasets_have_the_official_shape():
+    for task, size in (("counting", 200), ("events", 200), ("sums", 200), ("interpolation", 200)):
+        items = paper.load_items(task)
+        assert len(items) == size and len({i["key"] for i in items}) == size
+    assert sorted({i["num_sentences"] for i in paper.load_items("events")}) == [3, 4, 5, 6, 7]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("task", paper.TASKS)
+def test_reproduce_end_to_end_and_resume(task, tmp_path):
+    from load import fetch_model
+
+    os.environ["CONTGPT_CACHE"] = str(CACHE)
+    fetch_or_skip(lambda: fetch_model("qwen2.5-0.5b"))
+    command = [sys.executable, str(ROOT / "demos" / "reproduce.py"), "--task", task, "--limit", "3", "--samples", "5", "--out", str(tmp_path)]
+    env = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    log = tmp_path / f"{task}_qwen2.5-0.5b_builtin.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 3 and all("metrics" in r for r in records)
+    summary = json.loads((tmp_path / f"{task}_qwen2.5-0.5b_builtin.summary.json").read_text())
+    assert summary["run"] == 3 and (tmp_path / f"{task}_qwen2.5-0.5b_builtin.png").exists()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert "3 already done, 0 to run" in again.stdout and len(log.read_text().splitlines()) == 3
