@@ -12,8 +12,8 @@ durations, computes exactly the ordinary model. How it differs from an ordinary 
    d = 0 hides a key. `rule` moves a key's rotary position inside its interval.
 3. Inputs may be embedding vectors instead of token ids (raw rows of the embedding table, so a
    word halfway between two words is just a mixed row); family scalings are applied here.
-4. The KV cache stores each key's log-duration with its rotated key, so generation can continue
-   a prefix that lives on a continuous timeline.
+4. The KV cache keeps each key's position and duration beside its rotated key and value, so
+   generation can continue a prefix that lives on a continuous timeline.
 5. Mistral, Qwen2, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
    few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
 
@@ -44,9 +44,10 @@ class Quirks:
     sandwich_norm: bool = False  # each branch's output is normalised too (Gemma 2 and 3)
     qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3)
     global_every: int = 0  # default layer pattern: every n-th layer global, the rest sliding
+    tied: bool = False  # whether the output head is the embedding table when a config omits it
 
 
-_GEMMA = dict(act="gelu_tanh", norm_offset=1.0, embed_scale=True)
+_GEMMA = dict(act="gelu_tanh", norm_offset=1.0, embed_scale=True, tied=True)
 FAMILIES = {
     "llama": Quirks(),
     "mistral": Quirks(),
@@ -129,7 +130,7 @@ class Config:
             rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
             attention_bias=hf.get("attention_bias", False),
             mlp_bias=hf.get("mlp_bias", False),
-            tie_embeddings=hf.get("tie_word_embeddings", family.startswith("gemma")),
+            tie_embeddings=hf.get("tie_word_embeddings", FAMILIES[family].tied),
             sliding_window=_hf_sliding_window(hf),
             sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
             query_scale=hf.get("query_pre_attn_scalar"),
@@ -273,22 +274,22 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
-        q = cfg.quirks
+        quirks = cfg.quirks
         self.layer, self.cfg = layer, cfg
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
         q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        if q.fused:
+        if quirks.fused:
             self.qkv_proj = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.attention_bias)
         else:
-            bias = cfg.attention_bias or q.qkv_bias
+            bias = cfg.attention_bias or quirks.qkv_bias
             self.q_proj = nn.Linear(cfg.dim, q_size, bias=bias)
             self.k_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
             self.v_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
         self.o_proj = nn.Linear(q_size, cfg.dim, bias=cfg.attention_bias)
-        if q.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, q.norm_offset)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, q.norm_offset)
+        if quirks.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
 
     def project(self, x):
         if hasattr(self, "qkv_proj"):
@@ -352,9 +353,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
-        q = cfg.quirks
-        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, q.norm_offset)  # noqa: E731
-        self.sandwich = q.sandwich_norm
+        quirks = cfg.quirks
+        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, quirks.norm_offset)  # noqa: E731
+        self.sandwich = quirks.sandwich_norm
         self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         if self.sandwich:
@@ -548,10 +549,8 @@ def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device
         raise ValueError(f"batch sizes do not match: {batches}")
     if dur is not None:
         _check_finite("durations", dur)
-        bad = (dur < 0).nonzero()
-        if len(bad):
-            b, i = bad[0].tolist()
-            raise ValueError(f"durations must be >= 0, but durations[{b}, {i}] = {dur[b, i].item()}")
+        if bad := _first(dur < 0):
+            raise ValueError(f"durations must be >= 0, but durations[{bad[0]}, {bad[1]}] = {dur[bad].item()}")
     if pos is None:
         if dur is None:
             dur = torch.ones(1, T, device=device)
@@ -560,11 +559,9 @@ def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device
     elif dur is None:
         first = pos[:, :1] - last if last is not None else torch.ones_like(pos[:, :1])
         dur = torch.cat((first, pos[:, 1:] - pos[:, :-1]), dim=1)
-        bad = (dur < 0).nonzero()
-        if len(bad):
-            b, i = bad[0].tolist()
+        if bad := _first(dur < 0):
             raise ValueError(
-                f"positions alone imply durations as gaps, but position {i} of example {b} comes before "
+                f"positions alone imply durations as gaps, but position {bad[1]} of example {bad[0]} comes before "
                 f"the one preceding it; pass durations= too for a timeline that goes back in time"
             )
     _check_finite("positions", pos)
@@ -582,20 +579,22 @@ def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
     return value
 
 
+def _first(mask: torch.Tensor) -> tuple[int, ...] | None:
+    """Index of the first True in mask, or None: errors name the first offending element."""
+    hits = mask.nonzero()
+    return tuple(hits[0].tolist()) if len(hits) else None
+
+
 def _check_finite(name: str, value: torch.Tensor) -> None:
-    bad = (~torch.isfinite(value)).nonzero()
-    if len(bad):
-        b, i = bad[0].tolist()
-        raise ValueError(f"{name} must be finite, but {name}[{b}, {i}] = {value[b, i].item()}")
+    if bad := _first(~torch.isfinite(value)):
+        raise ValueError(f"{name} must be finite, but {name}[{bad[0]}, {bad[1]}] = {value[bad].item()}")
 
 
 def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
     if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
         raise ValueError(f"token ids must be integers, not {tokens.dtype}")
-    bad = ((tokens < 0) | (tokens >= vocab_size)).nonzero()
-    if len(bad):
-        where = tuple(bad[0].tolist())
-        raise ValueError(f"token id {tokens[where].item()} at index {where} is outside the vocabulary [0, {vocab_size})")
+    if bad := _first((tokens < 0) | (tokens >= vocab_size)):
+        raise ValueError(f"token id {tokens[bad].item()} at index {bad} is outside the vocabulary [0, {vocab_size})")
 
 
 def attention_bias(durations: torch.Tensor, n_new: int, window: int | None) -> torch.Tensor:
@@ -612,11 +611,9 @@ def attention_bias(durations: torch.Tensor, n_new: int, window: int | None) -> t
     if window is not None:
         visible = visible & (q_idx - k_idx < window)
     bias = torch.where(visible, durations.log()[:, None, :], -math.inf)  # (B, T, S)
-    blind = torch.isneginf(bias).all(dim=-1).nonzero()
-    if len(blind):
-        b, i = blind[0].tolist()
+    if blind := _first(torch.isneginf(bias).all(dim=-1)):
         raise ValueError(
-            f"token {S - n_new + i} of example {b} sees no key of positive duration (itself included): "
+            f"token {S - n_new + blind[1]} of example {blind[0]} sees no key of positive duration (itself included): "
             f"give it or an earlier token a duration > 0"
         )
     return bias

@@ -227,6 +227,17 @@ def sweep(model, tokenizer, answers, x, xlabel, progress=True, meta=None, **inpu
     return Curves([float(v) for v in x], xlabel, list(answers), probs, other, meta or {})
 
 
+DIGITS = [str(d) for d in range(10)]
+
+
+def digit_sweep(model, tokenizer, ids: list[int], span: list[int], samples: int, meta: dict) -> Curves:
+    """The span shrunk to c for c in linspace(0.1, 1, samples), the digits 0-9 tracked."""
+    cs = torch.linspace(0.1, 1.0, samples)
+    positions, durations = shrink(len(ids), span, cs)
+    return sweep(model, tokenizer, DIGITS, cs, "duration c", tokens=torch.tensor(ids), positions=positions,
+                 durations=durations, meta={"span": span, **meta})  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -265,13 +276,27 @@ def table(curves: Curves, rows: int = 10) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: Curves, path: Path, title: str, show: list[str] | None = None) -> Path:
-    """Probability against the swept factor, one line per tracked answer, "other" dashed."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
+def plot(curves: Curves, path: Path, title: str, show: list[str] | None = None) -> Path:
+    """Probability against the swept factor, one line per tracked answer, "other" dashed."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     for i, answer in enumerate(curves.answers):
         if show is None or answer in show:
@@ -280,11 +305,7 @@ def plot(curves: Curves, path: Path, title: str, show: list[str] | None = None) 
     ax.set(xlabel=curves.xlabel, ylabel="probability", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves.answers) > 6 else 1, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_json(data: dict, path: Path) -> Path:
@@ -323,9 +344,12 @@ def runs_text(curves: Curves) -> str:
 
 
 def report(curves: Curves, out: Path, name: str, title: str, started: float, show: list[str] | None = None) -> None:
-    """Print the table and who wins where, save <out>/<name>.png and .json, say where and how long."""
+    """Print the table and who wins where, save <out>/<name>.png and .json, say where and how long.
+    The plot shows the answers in `show` (default all) and every answer that is on top somewhere."""
     print(table(curves))
     print(f"top answer: {runs_text(curves)}")
+    if show is not None:
+        show = [a for a in curves.answers if a in set(show) | set(curves.top())]
     png = plot(curves, out / f"{name}.png", title, show)
     data = save_json({"title": title, **curves.to_dict()}, out / f"{name}.json")
     print(f"wrote {png} and {data} in {time.perf_counter() - started:.1f} s")

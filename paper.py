@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 import experiments as ex
+from experiments import DIGITS
 
 TASKS = ("counting", "events", "sums", "interpolation")
-DIGITS = [str(d) for d in range(10)]
 YES_NO = ["yes|Yes", "no|No"]  # exact token texts; both cases, since instruct models often answer lowercase
 THRESHOLDS = torch.linspace(0, 1, 101)
 BUILTIN = Path(__file__).resolve().parent / "data"

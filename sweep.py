@@ -57,7 +57,7 @@ def last_logits(
     cache = None
     if prefix:
         cache = KVCache(rule)
-        model(**_slice(per_point, slice(0, 1), slice(0, prefix)), rule=rule, cache=cache)
+        model(**_slice(per_point, slice(0, 1), slice(0, prefix)), rule=rule, cache=cache, last_only=True)  # keys only
     size = batch_size or auto_batch_size(model, n_points, T - prefix, T)
     out = []
     label = progress if isinstance(progress, str) else "sweep"

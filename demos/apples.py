@@ -11,9 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, report, shrink, span_of, sweep, word_ranges  # noqa: E402
+from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of, word_ranges  # noqa: E402
 
 PROMPT = 'Question: In the sentence "{sentence}", how many times is a {category} mentioned? Reply with a single-digit number\nAnswer: '
 
@@ -33,10 +32,7 @@ def main(argv=None):
     ids, span = span_of(tokenizer, prompt, [(at + a, at + b) for a, b in word_ranges(sentence, args.word)])
     print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")
 
-    cs = torch.linspace(0.1, 1.0, args.samples)
-    positions, durations = shrink(len(ids), span, cs)
-    curves = sweep(model, tokenizer, [str(d) for d in range(10)], cs, "duration c", tokens=torch.tensor(ids),
-                   positions=positions, durations=durations, meta={"prompt": prompt, "span": span, "model": args.model})  # fmt: skip
+    curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "model": args.model})
     report(curves, args.out, "apples", f"{args.repetitions} × '{args.word}', each lasting c ({args.model})", started,
            show=[str(d) for d in range(args.repetitions + 2)])  # fmt: skip
 

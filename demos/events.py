@@ -11,9 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, report, shrink, span_of, sweep  # noqa: E402
+from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of  # noqa: E402
 
 STORY = "Alice goes to the shop. She buys a carton of milk. She buys an apple. She buys a potato. She buys a loaf of bread."
 QUESTION = "How many items did Alice buy?"
@@ -37,10 +36,7 @@ def main(argv=None):
     ids, span = span_of(tokenizer, prompt, [(start, end)])
     print(f"prompt: {prompt!r}\nshrunk: {tokenizer.decode([ids[i] for i in span])!r} ({len(span)} tokens, {len(sentences) - 1} events)")
 
-    cs = torch.linspace(0.1, 1.0, args.samples)
-    positions, durations = shrink(len(ids), span, cs)
-    curves = sweep(model, tokenizer, [str(d) for d in range(10)], cs, "duration c", tokens=torch.tensor(ids),
-                   positions=positions, durations=durations, meta={"prompt": prompt, "span": span, "model": args.model})  # fmt: skip
+    curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "model": args.model})
     report(curves, args.out, "events", f"{len(sentences) - 1} events, each sentence lasting c ({args.model})", started,
            show=[str(d) for d in range(len(sentences) + 1)])  # fmt: skip
 

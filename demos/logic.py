@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import answer_probs, demo_parser, load_for_demo, save_json, word_swap  # noqa: E402
+from experiments import answer_probs, demo_parser, load_for_demo, pyplot, save_figure, save_json, word_swap  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 TEMPLATE = "Question: What is the truth value of the following statement?\n{x} {{}} {y}\nAnswer (0 or 1): "
@@ -52,11 +52,7 @@ def main(argv=None):
 
 
 def plot_pairs(results: dict, alphas, path: Path, model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cols = min(5, len(results))
     rows = -(-len(results) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), dpi=100, squeeze=False, sharey=True)
@@ -70,10 +66,7 @@ def plot_pairs(results: dict, alphas, path: Path, model: str) -> None:
         ax.axis("off")
     axes.flat[0].legend(title="input", fontsize=7, title_fontsize=7)
     fig.suptitle(f'P("1" | "1" or "0") while the operator moves a -> b ({model})', fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, refine, save_json  # noqa: E402
+from experiments import demo_parser, load_for_demo, pyplot, refine, save_figure, save_json  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 RULES = ["right", "left", "midpoint"]
@@ -59,23 +59,17 @@ def main(argv=None):
 
 
 def plot(results, ms, path, model):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
     for rule, r in results.items():
         ax.plot(ms[1:], [s["tv"] for s in r["steps"]], "o-", label=rule)
-    ax.set(xscale="log", yscale="log", xlabel="m (sub-tokens per token)", ylabel="TV(m/2, m)",
-           title=f"convergence under refinement ({model})")  # fmt: skip
+    ax.set(yscale="log", xlabel="m (sub-tokens per token)", ylabel="TV(m/2, m)", title=f"convergence under refinement ({model})")
+    ax.set_xscale("log", base=2)
     ax.set_xticks(ms[1:], [str(m) for m in ms[1:]])
+    ax.minorticks_off()
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="rule")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import paper  # noqa: E402
-from experiments import answer_probs, load_for_demo  # noqa: E402
+from experiments import answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "paperdata" / "reference" / "digitized_official_graphs_approx.json"
@@ -33,7 +33,8 @@ def main(argv=None):
     parser.add_argument("--task", choices=paper.TASKS)
     parser.add_argument("--data", type=Path, help="a dataset in the official JSON format (default: the built-in one)")
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
-    parser.add_argument("--limit", type=int, help="run only the first N items")
+    parser.add_argument("--limit", type=int, help="run only the first N items (after --stride)")
+    parser.add_argument("--stride", type=int, default=1, help="run every K-th item: a subset that spans a dataset sorted by n")
     parser.add_argument("--samples", type=int, default=40, help="points per sweep (durations c, or alphas)")
     parser.add_argument("--out", type=Path, default=Path("out/reproduce"))
     parser.add_argument("--table", action="store_true", help="print the markdown table of every summary in --out")
@@ -49,8 +50,8 @@ def main(argv=None):
 
 def run(args) -> dict:
     started = time.perf_counter()
-    items = paper.load_items(args.task, args.data)[: args.limit]
-    dataset = args.data.stem if args.data else "builtin"
+    items = paper.load_items(args.task, args.data)[:: args.stride][: args.limit]
+    dataset = (args.data.stem if args.data else "builtin") + (f"_every{args.stride}" if args.stride > 1 else "")
     name = f"{args.task}_{model_label(args.model)}_{dataset}"
     log = args.out / f"{name}.jsonl"
     done = {json.loads(line)["key"] for line in log.open()} if log.exists() else set()
@@ -121,11 +122,7 @@ def summary_line(s: dict) -> str:
 def plot(task: str, records: list[dict], summary: dict, path: Path) -> None:
     """Completeness and IoU against the threshold (counting, events), the variation histogram
     (interpolation), the success rates (sums)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if summary["run"] == 0:
         return
     taus = paper.THRESHOLDS.tolist()
@@ -149,9 +146,7 @@ def plot(task: str, records: list[dict], summary: dict, path: Path) -> None:
         a.hist([r["metrics"]["variation"] for r in records if "metrics" in r], bins=20)
         a.set(xlabel="variation (largest excursion outside the endpoint range)", ylabel="items", title="interpolation")
     fig.suptitle(f"{summary['model']}, {summary['dataset']} dataset", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown_table(out: Path, reference: Path) -> str:

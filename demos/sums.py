@@ -10,9 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, report, shrink, span_of, sweep  # noqa: E402
+from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of  # noqa: E402
 
 PROMPT = "The sum of {a} and {b} is "
 
@@ -35,11 +34,7 @@ def main(argv=None):
     print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")
     print("first digits: " + ", ".join(f"{k} = {v} -> {str(v)[0]}" for k, v in readings.items()))
 
-    cs = torch.linspace(0.1, 1.0, args.samples)
-    positions, durations = shrink(len(ids), span, cs)
-    curves = sweep(model, tokenizer, [str(d) for d in range(10)], cs, "duration c", tokens=torch.tensor(ids),
-                   positions=positions, durations=durations,
-                   meta={"prompt": prompt, "span": span, "readings": readings, "model": args.model})  # fmt: skip
+    curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "readings": readings, "model": args.model})
     report(curves, args.out, "sums", f"{args.a} + {args.b}, the {args.b} lasting c ({args.model})", started,
            show=sorted({str(v)[0] for v in readings.values()}))  # fmt: skip
 
