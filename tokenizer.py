@@ -80,22 +80,23 @@ class Tokenizer:
         return "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns) + "<|im_start|>assistant\n"
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, not {type(text).__name__}")
-        ids = self._encode(text)
-        return [self.bos_id] + ids if bos and self.add_bos and self.bos_id is not None else ids
+        return self._bos(bos) + self._encode(_text(text))
 
     def encode_with_offsets(self, text: str, bos: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
         """ids and, for each, the character range [start, end) of `text` it covers. A token that
         holds part of a character (a byte of it) covers that whole character; BOS covers (0, 0)."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, not {type(text).__name__}")
-        ids, byte_spans = self._encode_with_byte_spans(text)
+        ids, byte_spans = self._encode_with_byte_spans(_text(text))
         char_of = _char_index_of_bytes(text)
         offsets = [(char_of[b], char_of[e - 1] + 1) if e > b else (char_of[b], char_of[b]) for b, e in byte_spans]
-        if bos and self.add_bos and self.bos_id is not None:
-            return [self.bos_id] + ids, [(0, 0)] + offsets
-        return ids, offsets
+        bos_ids = self._bos(bos)
+        return bos_ids + ids, [(0, 0)] * len(bos_ids) + offsets
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside this tokenizer's vocabulary [0, {self.vocab_size})")
+        return self._decode(ids)
 
     def ids_for(self, answer: str) -> list[int]:
         """Every token id whose decoded text, stripped of whitespace, is exactly `answer`
@@ -109,17 +110,14 @@ class Tokenizer:
                     pass
         return self._by_text.get(answer.strip(), [])
 
-    def _encode_with_byte_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    def _bos(self, bos: bool) -> list[int]:
+        return [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
+
+    # the engine's part: text to ids (with each token's byte range), ids to text
+    def _encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def decode(self, ids) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside this tokenizer's vocabulary [0, {self.vocab_size})")
-        return self._decode(ids)
-
-    def _encode(self, text: str) -> list[int]:
+    def _encode_with_byte_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         raise NotImplementedError
 
     def _decode(self, ids: list[int]) -> str:
@@ -148,6 +146,12 @@ class Tokenizer:
         if _is_tiktoken_file(path):
             return BPETokenizer.from_llama3(path)
         return SentencePieceTokenizer(path)
+
+
+def _text(text) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"encode takes a str, not {type(text).__name__}")
+    return text
 
 
 def _char_index_of_bytes(text: str) -> list[int]:
