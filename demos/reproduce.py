@@ -180,7 +180,20 @@ def markdown_table(out: Path, reference: Path) -> str:
             k = s["mean_lipschitz_by_kind"]
             lines.append(f"| interpolation | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['mean_variation']:.3f} | "
                          f"{s['share_variation_over_0.05']:.3f} | " + " | ".join(f"{k.get(q, float('nan')):.2f}" for q in paper.QUESTION_KINDS) + " |")  # fmt: skip
+    lines += ["", "| task | model | dataset | runtime | command |", "|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['task']} | {s['model']} | {s['dataset']} | {s['seconds'] / 60:.0f} min | `{command(s)}` |")
     return "\n".join(lines)
+
+
+def command(summary: dict) -> str:
+    """The command line that made a summary (the official files under the name they ship with)."""
+    data, _, stride = summary["dataset"].partition("_every")
+    words = ["python demos/reproduce.py --task", summary["task"]]
+    words += [] if data == "builtin" else ["--data", f"{data}.json"]
+    words += ["--model", summary["model"]] + (["--stride", stride] if stride else [])
+    words += [] if summary["samples"] == 40 else ["--samples", str(summary["samples"])]
+    return " ".join(words)
 
 
 if __name__ == "__main__":

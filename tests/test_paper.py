@@ -1,6 +1,7 @@
 """The paper's protocol: metrics against hand-computed values, official-format parsing on
 fixtures written here (never the official files), and the reproduce command end to end."""
 
+import importlib.util
 import json
 import math
 import os
@@ -199,3 +200,16 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path):
     assert summary["run"] == 3 and (tmp_path / f"{task}_qwen2.5-0.5b_builtin.png").exists()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert "3 already done, 0 to run" in again.stdout and len(log.read_text().splitlines()) == 3
+    table = subprocess.run([*command[:2], "--table", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    assert f"`python demos/reproduce.py --task {task} --model qwen2.5-0.5b --samples 5` |" in table.stdout
+
+
+def test_table_names_the_command_of_each_run():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "demos" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    official = {"task": "events", "model": "qwen2.5-1.5b", "dataset": "counting_events_seq_every10", "samples": 40}
+    assert reproduce.command(official) == (
+        "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --stride 10")
+    builtin = {"task": "sums", "model": "qwen2.5-0.5b", "dataset": "builtin", "samples": 5}
+    assert reproduce.command(builtin) == "python demos/reproduce.py --task sums --model qwen2.5-0.5b --samples 5"
