@@ -45,6 +45,11 @@ def main(argv=None):
         return
     if not args.task:
         parser.error("--task is required (or --table)")
+    if args.stride < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--stride and --limit must be at least 1")
+    if args.task == "interpolation" and args.stride % len(paper.QUESTION_KINDS) == 0:
+        parser.error(f"--stride {args.stride} would keep one question kind only: interpolation items cycle through "
+                     f"{', '.join(paper.QUESTION_KINDS)}; take a stride that is not a multiple of {len(paper.QUESTION_KINDS)}")  # fmt: skip
     run(args)
 
 

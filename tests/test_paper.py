@@ -213,3 +213,14 @@ def test_table_names_the_command_of_each_run():
         "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --stride 10")
     builtin = {"task": "sums", "model": "qwen2.5-0.5b", "dataset": "builtin", "samples": 5}
     assert reproduce.command(builtin) == "python demos/reproduce.py --task sums --model qwen2.5-0.5b --samples 5"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "interpolation", "--stride", "8"], "would keep one question kind only"),
+    (["--task", "counting", "--stride", "0"], "--stride and --limit must be at least 1"),
+    (["--task", "sums", "--limit", "-1"], "--stride and --limit must be at least 1"),
+])  # fmt: skip
+def test_bad_subsets_are_refused(args, message, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "demos" / "reproduce.py"), *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr
