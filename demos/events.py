@@ -11,7 +11,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
 from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of  # noqa: E402
 
 STORY = "Alice goes to the shop. She buys a carton of milk. She buys an apple. She buys a potato. She buys a loaf of bread."

@@ -25,6 +25,7 @@ import paper  # noqa: E402
 from experiments import answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
+SUBSET = "_every"  # a dataset name's suffix for a --stride subset: <data>_every<K>
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "paperdata" / "reference" / "digitized_official_graphs_approx.json"
 
 
@@ -56,7 +57,7 @@ def main(argv=None):
 def run(args) -> dict:
     started = time.perf_counter()
     items = paper.load_items(args.task, args.data)[:: args.stride][: args.limit]
-    dataset = (args.data.stem if args.data else "builtin") + (f"_every{args.stride}" if args.stride > 1 else "")
+    dataset = (args.data.stem if args.data else "builtin") + (f"{SUBSET}{args.stride}" if args.stride > 1 else "")
     name = f"{args.task}_{model_label(args.model)}_{dataset}"
     log = args.out / f"{name}.jsonl"
     done = {json.loads(line)["key"] for line in log.open()} if log.exists() else set()
@@ -127,9 +128,9 @@ def summary_line(s: dict) -> str:
 def plot(task: str, records: list[dict], summary: dict, path: Path) -> None:
     """Completeness and IoU against the threshold (counting, events), the variation histogram
     (interpolation), the success rates (sums)."""
-    plt = pyplot()
     if summary["run"] == 0:
         return
+    plt = pyplot()
     taus = paper.THRESHOLDS.tolist()
     if task in ("counting", "events"):
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
@@ -193,7 +194,7 @@ def markdown_table(out: Path, reference: Path) -> str:
 
 def command(summary: dict) -> str:
     """The command line that made a summary (the official files under the name they ship with)."""
-    data, _, stride = summary["dataset"].partition("_every")
+    data, _, stride = summary["dataset"].partition(SUBSET)
     words = ["python demos/reproduce.py --task", summary["task"]]
     words += [] if data == "builtin" else ["--data", f"{data}.json"]
     words += ["--model", summary["model"]] + (["--stride", stride] if stride else [])
