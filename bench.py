@@ -1,18 +1,22 @@
-"""Benchmark: contgpt's sweep engine against the paper's method on transformers, on the same
-model, the same machine, in one run.
+"""Benchmark: contgpt's sweep engine in every dtype the hardware offers, against the paper's
+method on transformers, on the same model, the same machine, in one run.
 
-    python bench.py                      # qwen2.5-0.5b, 3 repeats, writes out/bench.json
+    python bench.py                      # qwen2.5-0.5b, every dtype offered, writes out/bench.json
+    python bench.py --dtype int8         # float32 (the reference) and int8 only
 
-Each method runs in its own subprocess, so that its peak resident memory is its own:
-- peak: the float32 matrix-multiply rate of this machine (best of a few shapes);
-- contgpt: load, then the 100-point apples sweep and the 40-point events sweep through
-  sweep.last_logits, and generation of 64 tokens with the KV cache and without it;
-- paper: the paper's method reimplemented with transformers (test-only dependency) on the same
-  GGUF file: one full forward per sweep point, the 4-D float mask built per point by a Python
-  double loop, float position_ids.
-Reported: medians over repeats, speed ratios, achieved GFLOP/s against the measured peak, peak
-RSS against the float32 weight size, load times, and the largest difference in tracked
-probabilities between the two methods (they compute the same thing).
+Each measurement runs in its own subprocess, so that its peak resident memory is its own:
+- peak: the matrix-multiply rate of this machine in each dtype (float32 and bfloat16 matmuls,
+  torch's int8 weight kernel), on the default model's MLP shapes at a sweep's batch;
+- contgpt, once per dtype: load (dequantizing the GGUF file), the 100-point apples sweep and
+  the 40-point events sweep through sweep.last_logits, generation of 64 tokens with the KV
+  cache (and, in float32, without it);
+- paper, in float32 and in bfloat16: the paper's method reimplemented with transformers
+  (test-only dependency) on the same GGUF file: one full forward per sweep point, the 4-D float
+  mask built per point by a Python double loop, float position_ids.
+Reported: medians over repeats, speed ratios, achieved GFLOP/s against the measured peak of the
+same dtype, peak RSS against the weights' size, load time, the cache's size on disk, and the
+largest difference in tracked probabilities against contgpt in float32, with the share of sweep
+points whose top answer is the same.
 """
 
 from __future__ import annotations
@@ -68,31 +72,44 @@ def peak_rss_gb() -> float:
 
 # ----------------------------------------------------------------------------- workers
 
+MATMUL_SHAPES = [(2048, 896, 4864), (2048, 4864, 896)]  # the default model's MLP at a sweep's batch
+
 
 def worker_peak(args) -> dict:
-    """float32 matmul GFLOP/s: the median of several runs, best over shapes (square, and the
-    default model's MLP shape at a sweep's batch)."""
+    """GFLOP/s of the model's MLP shapes in float32, bfloat16 (where it is native) and with
+    torch's int8 weight kernel (bf16 activations): the median of several runs, best shape."""
+    from precision import cpu_bf16, quantize_int8
+
     rates = {}
-    for m, k, n in [(2048, 2048, 2048), (4096, 4096, 4096), (2048, 896, 4864), (2048, 4864, 896)]:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        for _ in range(2):
-            a @ b
-        reps = max(3, int(3e11 / (2 * m * k * n)))
-        median, _, _ = timed(lambda: a @ b, reps)
-        rates[f"{m}x{k}x{n}"] = 2 * m * k * n / median / 1e9
-    return {"matmul_gflops": rates, "peak_gflops": max(rates.values()), "threads": torch.get_num_threads()}
+    dtypes = ["float32"] + (["bfloat16", "int8"] if cpu_bf16()[0] else [])
+    for dtype in dtypes:
+        for m, k, n in MATMUL_SHAPES:
+            if dtype == "int8":
+                q, scales = quantize_int8(torch.randn(n, k), torch.bfloat16)
+                a = torch.randn(m, k, dtype=torch.bfloat16)
+                op = lambda: torch.ops.aten._weight_int8pack_mm(a, q, scales)  # noqa: E731
+            else:
+                a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
+                op = lambda: a @ b  # noqa: E731
+            op()
+            median, _, _ = timed(op, 7)
+            rates.setdefault(dtype, {})[f"{m}x{k}x{n}"] = 2 * m * k * n / median / 1e9
+    return {"matmul_gflops": rates, "peak_gflops": {d: max(r.values()) for d, r in rates.items()},
+            "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def worker_contgpt(args) -> dict:
-    from experiments import answer_probs
-    from load import load
+    from experiments import answer_probs, n_parameters
+    from load import fetch_model, load
     from sweep import last_logits
 
     start = time.perf_counter()
-    model, tokenizer = load(args.model)
-    out = {"load_s": time.perf_counter() - start}
+    model, tokenizer = load(args.model, dtype=args.dtype)
+    out = {"load_s": time.perf_counter() - start, "precision": str(model.precision), "dtype": model.precision.name}
+    out["weights_gb"] = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values()) / 1e9
+    out["parameters"] = n_parameters(model)
+    out["cache_gb"] = cache_size(fetch_model(args.model) if not args.model.endswith(".gguf") else Path(args.model)) / 1e9
     cfg = model.config
-    out["weights_gb"] = sum(p.numel() for p in model.parameters()) * 4 / 1e9
     for name, ids, durations in sweeps(tokenizer):
         tokens = torch.tensor(ids)
         median, times, logits = timed(lambda: last_logits(model, tokens, durations=durations), args.repeats)
@@ -101,9 +118,19 @@ def worker_contgpt(args) -> dict:
         out[name] = {"points": len(durations), "tokens": len(ids), "shared_prefix": prefix, "median_s": median,
                      "times_s": times, "gflop": flops / 1e9, "gflops": flops / median / 1e9,
                      "probs": answer_probs(logits, tokenizer, DIGITS)[0].tolist()}  # fmt: skip
-    out["generation"] = generation(model, tokenizer, args.repeats)
+    out["generation"] = generation(model, tokenizer, args.repeats, rerun=model.precision.name == "float32")
     out["peak_rss_gb"] = peak_rss_gb()
     return out
+
+
+def cache_size(gguf: Path) -> int:
+    """Bytes the model occupies in the cache: the downloaded file, and any converted copy (the
+    float32 conversions of earlier versions lived in <cache>/converted)."""
+    from download import cache_dir
+
+    converted = cache_dir() / "converted"
+    extra = sum(f.stat().st_size for f in converted.rglob("*") if f.is_file()) if converted.exists() else 0
+    return gguf.stat().st_size + extra
 
 
 def sweep_flops(cfg, T: int, prefix: int, points: int) -> float:
@@ -116,25 +143,28 @@ def sweep_flops(cfg, T: int, prefix: int, points: int) -> float:
     return 2 * (cfg.n_layers * (linear * tokens + attention) + points * cfg.dim * cfg.vocab_size)
 
 
-def generation(model, tokenizer, repeats) -> dict:
-    """ms per new token for 64 greedy tokens: with the KV cache, and re-running the whole
-    sequence for every token, from a short prompt (the apples question) and a 256-token one."""
+def generation(model, tokenizer, repeats, rerun: bool) -> dict:
+    """ms per new token for 64 greedy tokens with the KV cache, from a short prompt (the apples
+    question) and a 256-token one; with rerun, also re-running the whole sequence per token."""
     long = " ".join(["The quick brown fox jumps over the lazy dog."] * 30)
     result = {}
     for label, prompt in (("short", APPLES), ("long", long)):
         ids = torch.tensor(tokenizer.encode(prompt)[:256])
+        model.generate(ids, 2)  # warm-up
         cached, _, tokens = timed(lambda: model.generate(ids, 64), repeats)
+        result[label] = {"prompt_tokens": len(ids), "cached_ms": cached / 64 * 1e3, "tokens": tokens}
+        if not rerun:
+            continue
 
-        def rerun():
+        def rerun_all():
             seq = ids
             for _ in range(64):
                 nxt = model(seq, last_only=True)[0, -1].argmax()
                 seq = torch.cat((seq, nxt[None]))
             return seq[len(ids):].tolist()
 
-        full, _, same = timed(rerun, 1)
-        result[label] = {"prompt_tokens": len(ids), "cached_ms": cached / 64 * 1e3, "rerun_ms": full / 64 * 1e3,
-                         "speedup": full / cached, "same_tokens": same == tokens}  # fmt: skip
+        full, _, same = timed(rerun_all, 1)
+        result[label].update(rerun_ms=full / 64 * 1e3, speedup=full / cached, same_tokens=same == tokens)
     return result
 
 
@@ -148,9 +178,9 @@ def worker_paper(args) -> dict:
     _, tokenizer = load(args.model)  # our tokenizer: the same ids for both methods
     path = fetch_model(args.model) if not args.model.endswith(".gguf") else Path(args.model)
     start = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, args.dtype),
                                                               attn_implementation="eager").eval()  # fmt: skip
-    out = {"load_s": time.perf_counter() - start}
+    out = {"load_s": time.perf_counter() - start, "dtype": args.dtype}
     for name, ids, durations in sweeps(tokenizer):
         tokens = torch.tensor([ids])
         T = len(ids)
@@ -164,7 +194,8 @@ def worker_paper(args) -> dict:
                     for j in range(T):
                         mask[0, 0, i, j] = math.log(d[j]) if j <= i else -math.inf
                 with torch.no_grad():
-                    rows.append(model(tokens, attention_mask=mask, position_ids=positions).logits[0, -1])
+                    logits = model(tokens, attention_mask=mask.to(model.dtype), position_ids=positions).logits
+                rows.append(logits[0, -1].float())
             return torch.stack(rows)
 
         median, times, logits = timed(run, args.paper_repeats)
@@ -180,29 +211,58 @@ WORKERS = {"peak": worker_peak, "contgpt": worker_contgpt, "paper": worker_paper
 
 
 def main():
+    from precision import DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model or a .gguf file (transformers reads GGUF)")
+    parser.add_argument("--dtype", default="all", choices=("all",) + DTYPES,
+                        help="all: every dtype this hardware offers; else float32 (the reference) and this one")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each contgpt measurement")
-    parser.add_argument("--paper-repeats", type=int, default=3, help="repeats of each paper-method sweep")
+    parser.add_argument("--paper-repeats", type=int, default=1, help="repeats of each paper-method sweep (a minute each)")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper's method (the slowest part)")
     parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args)))
         return
-    results = {"date": date.today().isoformat(), "machine": machine(), "model": args.model}
-    for name in WORKERS:
-        print(f"running {name} ...", flush=True)
-        command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--repeats", str(args.repeats),
-                   "--paper-repeats", str(args.paper_repeats)]  # fmt: skip
+    from parallel import refuse_distributed
+
+    refuse_distributed("bench.py", "a benchmark measures one process on one machine")
+    dtypes, skipped = offered_dtypes(args.dtype)
+    results = {"date": date.today().isoformat(), "machine": machine(), "model": args.model, "dtypes": dtypes, "skipped": skipped}
+    jobs = [("peak", "float32")] + [("contgpt", d) for d in dtypes]
+    if not args.no_paper:
+        jobs += [("paper", d) for d in dict.fromkeys(["float32"] + ["bfloat16" for d in dtypes if d != "float32"])]
+    for worker, dtype in jobs:
+        print(f"running {worker} {dtype} ...", flush=True)
+        command = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--dtype", dtype,
+                   "--repeats", str(args.repeats), "--paper-repeats", str(args.paper_repeats)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            raise SystemExit(f"{worker} {dtype} failed:\n{done.stderr[-3000:]}")
+        results.setdefault(worker, {})[dtype] = json.loads(done.stdout.strip().splitlines()[-1])
+    results["peak"] = results["peak"]["float32"]
     summarize(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
+
+
+def offered_dtypes(wanted: str) -> tuple[list[str], dict[str, str]]:
+    """The dtypes to run (float32 always, as the reference) and why the others are not."""
+    from precision import cpu_bf16, int8_kernel_problem
+
+    fast, why = cpu_bf16()
+    skipped = {}
+    if not fast:
+        skipped["bfloat16"] = skipped["int8"] = why
+    elif problem := int8_kernel_problem(torch.device("cpu"), torch.bfloat16):
+        skipped["int8"] = problem
+    candidates = ["float32", "bfloat16", "int8"] if wanted in ("all", "auto") else ["float32", wanted]
+    if wanted == "auto":
+        candidates = ["float32", "bfloat16" if fast else "float32"]
+    return list(dict.fromkeys(d for d in candidates if d not in skipped)), {d: r for d, r in skipped.items() if d in candidates}
 
 
 def machine() -> str:
@@ -210,23 +270,49 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
 
 
+def agreement(probs, reference) -> tuple[float, float]:
+    """(largest |dp| of any tracked probability, share of points with the same top answer)."""
+    dp = max(abs(a - b) for ra, rb in zip(probs, reference) for a, b in zip(ra, rb))
+    top = [max(range(len(r)), key=r.__getitem__) for r in probs]
+    top_ref = [max(range(len(r)), key=r.__getitem__) for r in reference]
+    return dp, sum(a == b for a, b in zip(top, top_ref)) / len(top)
+
+
 def summarize(r: dict) -> None:
-    ours, paper, peak = r["contgpt"], r["paper"], r["peak"]["peak_gflops"]
+    peaks, ours, paper = r["peak"]["peak_gflops"], r["contgpt"], r.get("paper", {})
+    reference = ours["float32"]
     print(f"\n{r['model']} on {r['machine']}, {r['date']}")
-    print(f"float32 matmul peak (best shape): {peak:.0f} GFLOP/s\n")
-    print(f"{'sweep':8} {'points':>6} {'paper (s)':>10} {'contgpt (s)':>12} {'speedup':>8} {'GFLOP/s':>8} {'% peak':>7} {'max |dp|':>9}")
+    print("matmul peak (best MLP shape): " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()))
+    for dtype, why in r["skipped"].items():
+        print(f"not run: {dtype} ({why})")
+    print(f"\n{'sweep':7} {'dtype':9} {'points':>6} {'contgpt s':>9} {'vs fp32':>7} {'paper fp32':>10} {'paper same':>10} "
+          f"{'GFLOP/s':>7} {'% peak':>6} {'max |dp|':>8} {'same top':>8}")  # fmt: skip
     for name in ("apples", "events"):
-        o, p = ours[name], paper[name]
-        dp = max(abs(a - b) for ra, rb in zip(o["probs"], p["probs"]) for a, b in zip(ra, rb))
-        o["max_prob_diff"] = dp
-        print(f"{name:8} {o['points']:>6} {p['median_s']:>10.1f} {o['median_s']:>12.1f} {p['median_s'] / o['median_s']:>7.1f}x "
-              f"{o['gflops']:>8.0f} {100 * o['gflops'] / peak:>6.0f}% {dp:>9.1e}")  # fmt: skip
-    print(f"\npeak RSS: contgpt {ours['peak_rss_gb']:.2f} GB ({ours['peak_rss_gb'] / ours['weights_gb']:.2f}x the "
-          f"{ours['weights_gb']:.2f} GB of float32 weights), paper on transformers {paper['peak_rss_gb']:.2f} GB")  # fmt: skip
-    print(f"load: contgpt {ours['load_s']:.1f} s, transformers (GGUF) {paper['load_s']:.1f} s")
-    for label, g in ours["generation"].items():
-        print(f"generation, {label} prompt ({g['prompt_tokens']} tokens), 64 new: {g['cached_ms']:.0f} ms/token with the "
-              f"cache, {g['rerun_ms']:.0f} ms/token re-running the sequence: {g['speedup']:.1f}x (same tokens: {g['same_tokens']})")  # fmt: skip
+        for dtype, o in ours.items():
+            dp, same = agreement(o[name]["probs"], reference[name]["probs"])
+            o[name].update(max_prob_diff=dp, same_top=same, speedup_vs_float32=reference[name]["median_s"] / o[name]["median_s"])
+            peer = paper.get("bfloat16" if dtype != "float32" else "float32", {}).get(name)
+            p32 = paper.get("float32", {}).get(name)
+            ratio = lambda p: f"{p['median_s'] / o[name]['median_s']:.1f}x" if p else "-"  # noqa: E731
+            o[name].update(vs_paper_float32=p32 and p32["median_s"] / o[name]["median_s"],
+                           vs_paper_same_dtype=peer and peer["median_s"] / o[name]["median_s"])  # fmt: skip
+            print(f"{name:7} {dtype:9} {o[name]['points']:>6} {o[name]['median_s']:>9.2f} {o[name]['speedup_vs_float32']:>6.2f}x "
+                  f"{ratio(p32):>10} {ratio(peer):>10} {o[name]['gflops']:>7.0f} {100 * o[name]['gflops'] / peaks[dtype]:>5.0f}% "
+                  f"{dp:>8.1e} {100 * same:>7.0f}%")  # fmt: skip
+    for dtype, p in paper.items():
+        for name in ("apples", "events"):
+            dp, same = agreement(p[name]["probs"], reference[name]["probs"])
+            p[name].update(max_prob_diff=dp, same_top=same)
+        print(f"paper's method, transformers {dtype}: apples {p['apples']['median_s']:.1f} s, events {p['events']['median_s']:.1f} s, "
+              f"load {p['load_s']:.1f} s, peak RSS {p['peak_rss_gb']:.2f} GB, max |dp| vs contgpt float32 {p['apples']['max_prob_diff']:.1e}")  # fmt: skip
+    print()
+    for dtype, o in ours.items():
+        g = o["generation"]
+        rerun = f" (re-running the sequence: {g['short']['rerun_ms']:.0f} and {g['long']['rerun_ms']:.0f})" if "rerun_ms" in g["short"] else ""
+        print(f"{dtype:9} load {o['load_s']:.1f} s, weights {o['weights_gb']:.2f} GB, peak RSS {o['peak_rss_gb']:.2f} GB "
+              f"({o['peak_rss_gb'] / o['weights_gb']:.2f}x the weights), cache on disk {o['cache_gb']:.2f} GB; generation "
+              f"{g['short']['cached_ms']:.0f} ms/token ({g['short']['prompt_tokens']}-token prompt), {g['long']['cached_ms']:.0f} "
+              f"({g['long']['prompt_tokens']}){rerun}")  # fmt: skip
 
 
 if __name__ == "__main__":

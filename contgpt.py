@@ -18,6 +18,15 @@ durations, computes exactly the ordinary model. How it differs from an ordinary 
    few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
 
 Sliding windows count tokens (sequence indices), as in the discrete models, not units of time.
+
+Precision. Weights and the matrix multiplies of the projections, the MLP and the output head
+run in the model's dtype (float32, or bfloat16 where the hardware has it; int8 weights with
+16-bit activations through precision.Int8Linear). What decides the continuous behaviour runs in
+float32 whatever that dtype: RMSNorm's statistics, RoPE angles and the rotation itself, the
+attention scores (queries and keys are upcast before their product), the soft-cap, the
+log-duration bias and the softmax. Keys and values are cached in the model's dtype, and the
+logits are returned as float32. (So a 16-bit model is continuous only up to its rounding: a
+shift of every position, exactly invariant in float32 to 1e-6, moves bf16 outputs by ~1e-2.)
 """
 
 from __future__ import annotations
@@ -221,10 +230,12 @@ def rotary(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Split-half RoPE (Hugging Face layout) on the first 2 * r channels of x (B, H, T, head_dim)."""
+    """Split-half RoPE (Hugging Face layout) on the first 2 * r channels of x (B, H, T, head_dim),
+    in float32: the result is float32 whatever x's dtype."""
     r = cos.shape[-1]
-    x1, x2, rest = x[..., :r].float(), x[..., r : 2 * r].float(), x[..., 2 * r :]
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+    x = x.float()
+    x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
@@ -237,7 +248,7 @@ class KVCache:
 
     def __init__(self, rule: str = "right"):
         self.rule = rule
-        self.keys: dict[int, torch.Tensor] = {}  # layer -> (B, n_kv_heads, S, head_dim)
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> (B, n_kv_heads, S, head_dim), rotated
         self.values: dict[int, torch.Tensor] = {}
         self.positions: torch.Tensor | None = None  # (B, S) float32
         self.durations: torch.Tensor | None = None  # (B, S) float32
@@ -307,13 +318,15 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         # queries sit at their positions t_i; keys wherever the quadrature rule puts them
         (q_cos, q_sin), (k_cos, k_sin) = rope
-        q, k = apply_rotary(q, q_cos, q_sin), apply_rotary(k, k_cos, k_sin)
+        q = apply_rotary(q, q_cos, q_sin)  # float32
+        k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
-        # grouped-query attention without copying keys: query heads grouped by their kv head
+        # grouped-query attention without copying keys: query heads grouped by their kv head;
+        # scores in float32, so that a 16-bit model still resolves small log-duration biases
         rep = self.n_heads // self.n_kv_heads
         q = q.view(B, self.n_kv_heads, rep, T, self.head_dim)
-        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).float() * self.scale  # (B, Hkv, rep, T, S)
+        scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)) * self.scale  # (B, Hkv, rep, T, S)
         if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
             scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
         scores = scores + bias[:, None, None]  # + log d_j on visible keys, -inf elsewhere
@@ -387,12 +400,26 @@ class Transformer(nn.Module):
         # tied models read their output projection from the embedding table: no lm_head at all,
         # which keeps the parameter names equal to the checkpoint's (tied ones store no lm_head)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.precision = None  # how load() chose the dtype (a precision.Precision), for reports
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype activations run in (norm weights are never quantized, so theirs says it)."""
+        return self.model.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.norm.weight.device
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
-        tokens = torch.as_tensor(tokens, device=self.model.embed_tokens.weight.device)
+        tokens = torch.as_tensor(tokens, device=self.device)
         _check_token_ids(tokens, self.config.vocab_size)
         return self.model.embed_tokens(tokens)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Output projection: lm_head, or the embedding table itself for tied models."""
+        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.model.embed_tokens.weight)
 
     def forward(
         self,
@@ -440,18 +467,17 @@ class Transformer(nn.Module):
             x = layer(x, ropes[sliding], biases[sliding], cache)
         if last_only:
             x = x[:, -1:]
-        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(self.model.norm(x), head).float()
+        logits = self.head(self.model.norm(x)).float()
         if cfg.logit_softcap:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return logits
 
     def _input_embeddings(self, tokens, embeds) -> torch.Tensor:
-        cfg, table = self.config, self.model.embed_tokens.weight
+        cfg = self.config
         if (tokens is None) == (embeds is None):
             raise ValueError("give exactly one of tokens= or embeds=")
         if tokens is not None:
-            tokens = torch.as_tensor(tokens, device=table.device)
+            tokens = torch.as_tensor(tokens, device=self.device)
             if tokens.dim() == 1:
                 tokens = tokens[None]
             if tokens.dim() != 2 or tokens.shape[1] == 0:
@@ -463,9 +489,9 @@ class Transformer(nn.Module):
                 embeds = embeds[None]
             if embeds.dim() != 3 or embeds.shape[-1] != cfg.dim or embeds.shape[1] == 0:
                 raise ValueError(f"embeds must have shape (B, T, {cfg.dim}), not {tuple(embeds.shape)}")
-            if not torch.isfinite(embeds).all():
-                raise ValueError("embeds contain NaN or infinite values")
-            x = embeds.to(device=table.device, dtype=table.dtype)
+            x = embeds.to(device=self.device, dtype=self.dtype)
+            if not torch.isfinite(x).all():  # checked after the cast: 1e39 is finite in float64 only
+                raise ValueError(f"embeds contain NaN or infinite values in {x.dtype}, the model's dtype")
         if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
             x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
         return x
@@ -497,7 +523,7 @@ class Transformer(nn.Module):
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 1:
             raise ValueError(f"generate continues one prompt of shape (T,), not {tuple(tokens.shape)}")
-        device = self.model.embed_tokens.weight.device
+        device = self.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         cache = KVCache(rule)
         logits = self(tokens, positions=positions, durations=durations, rule=rule, last_only=True, cache=cache)

@@ -318,25 +318,42 @@ def save_json(data: dict, path: Path) -> Path:
 
 
 def demo_parser(description: str, samples: int) -> argparse.ArgumentParser:
-    """The options every demo takes: --model, --samples, --out."""
+    """The options every demo takes: --model, --dtype, --device, --samples, --out."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
+    add_model_options(parser)
     parser.add_argument("--samples", type=int, default=samples, help="points along the swept factor")
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNG and JSON results")
     return parser
 
 
-def load_for_demo(source: str):
-    """(model, tokenizer), with the load time printed; a model without tokenizer is an error."""
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from precision import DTYPES
+
+    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="auto: bfloat16 where the hardware multiplies it natively, else float32")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one")
+
+
+def load_for_demo(args: argparse.Namespace):
+    """(model, tokenizer) from the --model, --dtype and --device options, with the load time and
+    the chosen dtype (and why) printed; a model without tokenizer is an error."""
     from load import load
+    from precision import pick_device
 
     start = time.perf_counter()
-    model, tokenizer = load(source)
+    model, tokenizer = load(args.model, dtype=args.dtype, device=pick_device(args.device))
     if tokenizer is None:
-        raise SystemExit(f"{source} has no tokenizer files; the demos need one")
-    print(f"loaded {source} ({model.config.family}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters) "
-          f"in {time.perf_counter() - start:.1f} s")  # fmt: skip
+        raise SystemExit(f"{args.model} has no tokenizer files; the demos need one")
+    print(f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
+          f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}")  # fmt: skip
     return model, tokenizer
+
+
+def n_parameters(model) -> int:
+    """Weights counted once each (a tied table once), int8 ones included, their scales not."""
+    seen = {t.data_ptr(): t.numel() for name, t in model.state_dict().items() if not name.endswith(".scales")}
+    return sum(seen.values())
 
 
 def runs_text(curves: Curves) -> str:

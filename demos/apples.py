@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--category", default="fruit", help="what the question asks to count")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
 
     sentence = " ".join([args.word] * args.repetitions)
     prompt = PROMPT.format(sentence=sentence, category=args.category)

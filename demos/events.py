@@ -27,7 +27,7 @@ def main(argv=None):
     if len(sentences) < 2:
         parser.error("the story needs a first sentence and at least one event sentence after it")
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
 
     prompt = PROMPT.format(story=args.story.strip(), question=args.question)
     start = prompt.index(sentences[1])

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import load_for_demo, save_json, shrink, span_of  # noqa: E402
+from experiments import add_model_options, load_for_demo, save_json, shrink, span_of  # noqa: E402
 
 PROMPT = 'In the sentence "apple apple apple apple", the word apple appears'
 
@@ -22,7 +22,7 @@ def main(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
+    add_model_options(parser)
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--span", default="apple apple apple apple", help="text in the prompt to shrink (first occurrence)")
     parser.add_argument("--duration", type=float, default=0.5, help="duration of each shrunk token")
@@ -34,7 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.span not in args.prompt:
         parser.error(f"--span {args.span!r} does not occur in the prompt")
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
 
     at = args.prompt.index(args.span)
     ids, span = span_of(tokenizer, args.prompt, [(at, at + len(args.span))])

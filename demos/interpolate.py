@@ -29,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--answers", nargs="+", default=["yes|Yes", "no|No"], help="exact token texts; | joins alternatives")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
 
     swap = word_swap(model, tokenizer, args.template, args.a, args.b)
     alphas = torch.linspace(0.0, 1.0, args.samples)

@@ -30,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--show", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="alphas whose tables are printed")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
     alphas = torch.linspace(0.0, 1.0, args.samples)
     shown = sorted({int(torch.argmin((alphas - a).abs())) for a in args.show})
 

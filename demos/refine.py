@@ -29,7 +29,7 @@ def main(argv=None):
     if args.samples < 2:
         parser.error("--samples counts refinement levels m = 1, 2, 4, ...: at least 2")
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
     ids = torch.tensor(tokenizer.encode(args.prompt))
     ms = [2**k for k in range(args.samples)]
     T = len(ids)

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import paper  # noqa: E402
-from experiments import answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
+from experiments import add_model_options, answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
+from precision import pick_device, resolve  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 SUBSET = "_every"  # a dataset name's suffix for a --stride subset: <data>_every<K>
@@ -33,7 +34,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=paper.TASKS)
     parser.add_argument("--data", type=Path, help="a dataset in the official JSON format (default: the built-in one)")
-    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
+    add_model_options(parser)
     parser.add_argument("--limit", type=int, help="run only the first N items (after --stride)")
     parser.add_argument("--stride", type=int, default=1, help="run every K-th item: a subset that spans a dataset sorted by n")
     parser.add_argument("--samples", type=int, default=40, help="points per sweep (durations c, or alphas)")
@@ -58,13 +59,14 @@ def run(args) -> dict:
     started = time.perf_counter()
     items = paper.load_items(args.task, args.data)[:: args.stride][: args.limit]
     dataset = (args.data.stem if args.data else "builtin") + (f"{SUBSET}{args.stride}" if args.stride > 1 else "")
-    name = f"{args.task}_{model_label(args.model)}_{dataset}"
+    precision = resolve(args.dtype, pick_device(args.device))
+    name = f"{args.task}_{model_label(args.model)}_{precision.name}_{dataset}"
     log = args.out / f"{name}.jsonl"
     done = {json.loads(line)["key"] for line in log.open()} if log.exists() else set()
     todo = [item for item in items if item["key"] not in done]
     print(f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(done)} already done, "
           f"{len(todo)} to run, {args.samples} samples each")  # fmt: skip
-    model, tokenizer = load_for_demo(args.model) if todo or not log.exists() else (None, None)
+    model, tokenizer = load_for_demo(args) if todo or not log.exists() else (None, None)
     args.out.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         for item in tqdm(todo, desc=args.task, unit="item"):
@@ -72,7 +74,7 @@ def run(args) -> dict:
             out.flush()
     keys = {item["key"] for item in items}
     records = [r for r in map(json.loads, log.open()) if r["key"] in keys]
-    summary = {"task": args.task, "model": str(args.model), "dataset": dataset, "samples": args.samples,
+    summary = {"task": args.task, "model": str(args.model), "dtype": precision.name, "dataset": dataset, "samples": args.samples,
                "seconds": time.perf_counter() - started, **paper.summarize(args.task, records)}  # fmt: skip
     (args.out / f"{name}.summary.json").write_text(json.dumps(summary, indent=1))
     plot(args.task, records, summary, args.out / f"{name}.png")
@@ -197,7 +199,7 @@ def command(summary: dict) -> str:
     data, _, stride = summary["dataset"].partition(SUBSET)
     words = ["python demos/reproduce.py --task", summary["task"]]
     words += [] if data == "builtin" else ["--data", f"{data}.json"]
-    words += ["--model", summary["model"]] + (["--stride", stride] if stride else [])
+    words += ["--model", summary["model"], "--dtype", summary.get("dtype", "float32")] + (["--stride", stride] if stride else [])
     words += [] if summary["samples"] == 40 else ["--samples", str(summary["samples"])]
     return " ".join(words)
 

@@ -23,7 +23,7 @@ def main(argv=None):
     if not 10 <= args.b <= 99:
         parser.error("--b must have two digits")
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
 
     prompt = PROMPT.format(a=args.a, b=args.b)
     at = prompt.rindex(str(args.b))

@@ -20,7 +20,7 @@ from sweep import last_logits  # noqa: E402
 def run(args, name, xlabel, factors, timeline, title):
     """Shared by translate.py and scale.py: sweep a whole-prompt timeline, track what matters."""
     started = time.perf_counter()
-    model, tokenizer = load_for_demo(args.model)
+    model, tokenizer = load_for_demo(args)
     ids = tokenizer.encode(args.prompt)
     positions, durations = timeline(len(ids), factors)
     logits = last_logits(model, torch.tensor(ids), positions=positions, durations=durations, progress=True)

@@ -15,7 +15,7 @@ T = 9
 
 @pytest.fixture(scope="module")
 def qwen(tiny_dir):
-    return load(tiny_dir("qwen2"))[0]
+    return load(tiny_dir("qwen2"), dtype="float32")[0]
 
 
 @pytest.fixture(scope="module")

@@ -170,7 +170,7 @@ def test_align_words_of_different_lengths():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return load(tiny_dir("qwen2"))[0]
+    return load(tiny_dir("qwen2"), dtype="float32")[0]
 
 
 def test_word_swap_endpoints_are_the_two_prompts(tiny, trained_bpe_json):

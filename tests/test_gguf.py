@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import CACHE, LLAMA_CPP_VOCABS, fetch_or_skip, llama_cpp_vocab_dir, reference_mask
-from safetensors.torch import load_file
 
 import download
 import load as load_module
 from download import DownloadError, Release, fetch_assembled
-from load import GGUF_TYPES, GGUFFile, load
+from load import GGUFFile, load
+from quants import FORMATS
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
 TOL = 1e-3  # float32, real models of 24-30 layers (measured: below 1e-4)
@@ -120,8 +120,8 @@ def transformers_gguf(path):
 
 
 def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
-    path = write_tiny_gguf(tmp_path / "tiny.gguf", types=[t for t in GGUF_TYPES if t != "F32"] + ["F32"])
-    model, tokenizer = load(path)
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", types=[t for t in FORMATS if t != "F32"] + ["F32"])
+    model, tokenizer = load(path, dtype="float32")
     reference = transformers_gguf(path)
     tokens = torch.randint(0, TINY_GGUF["vocab"], (2, 10), generator=torch.Generator().manual_seed(0))
     durations = 0.2 + torch.rand(2, 10, generator=torch.Generator().manual_seed(1))
@@ -133,17 +133,37 @@ def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
     assert tokenizer.encode("hi", bos=False) == list(b"hi")  # bytes only, no merges
 
 
-def test_conversion_is_cached_and_memory_mapped(tmp_path, monkeypatch):
+def test_loading_writes_nothing_to_the_cache(tmp_path):
+    """GGUF tensors are dequantized at load time: no converted copy is kept anywhere."""
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    model, _ = load(path)
-    converted = list((download.cache_dir() / "converted").iterdir())
-    assert len(converted) == 1 and {p.name for p in converted[0].iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
-    monkeypatch.setattr(load_module, "convert_gguf", lambda *a: pytest.fail("converted twice"))
-    again, _ = load(path)
+    model, _ = load(path, dtype="float32")
+    root = download.cache_dir()
+    assert not root.exists() or not any(root.rglob("*"))
+    again, _ = load(path, dtype="float32")
     assert torch.equal(again(torch.tensor([1, 2, 3])), model(torch.tensor([1, 2, 3])))
-    from test_load import mapped_files
 
-    assert str(converted[0] / "model.safetensors") in mapped_files(again.model.layers[0].self_attn.q_proj.weight)
+
+def test_old_float32_conversions_are_removed(tmp_path, capsys):
+    """The float32 conversions earlier versions cached, finished or interrupted by a kill, go at
+    the next GGUF load; an unfinished one that is still young may have a live writer and stays."""
+    import os
+    import time
+
+    old = download.cache_dir() / load_module.OLD_CONVERSIONS
+    (old / "qwen-0123456789abcdef").mkdir(parents=True)
+    (old / "qwen-0123456789abcdef" / "model.safetensors").write_bytes(b"x" * 1000)
+    killed, live = old / ".converting-killed", old / ".converting-live"
+    for folder in (killed, live):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"y" * 100)
+    hours_ago = time.time() - 2 * load_module.STALE_SECONDS
+    os.utime(killed, (hours_ago, hours_ago))
+    load(write_tiny_gguf(tmp_path / "tiny.gguf"))
+    assert sorted(p.name for p in old.iterdir()) == [".converting-live"]
+    assert "removed" in capsys.readouterr().err
+    os.utime(live, (hours_ago, hours_ago))
+    load(tmp_path / "tiny.gguf")
+    assert not old.exists()
 
 
 def test_gguf_without_vocabulary_loads_without_tokenizer(tmp_path):
@@ -335,7 +355,7 @@ PROMPTS = [
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
 def test_real_gguf_matches_transformers(name, monkeypatch):
     path = real(name, monkeypatch)
-    model, tokenizer = load(name)
+    model, tokenizer = load(name, dtype="float32")
     reference = transformers_gguf(path)
     for prompt in PROMPTS:
         tokens = torch.tensor([tokenizer.encode(prompt)])
@@ -351,7 +371,7 @@ def test_real_gguf_matches_transformers(name, monkeypatch):
 
 def test_smollm2_answers_the_capital_of_france(monkeypatch):
     real("smollm2-135m", monkeypatch)
-    model, tokenizer = load("smollm2-135m")
+    model, tokenizer = load("smollm2-135m", dtype="float32")
     prompt = tokenizer.encode(tokenizer.chat("What is the capital of France?"))
     answer = model.generate(torch.tensor(prompt), 20, stop={tokenizer.eos_id})
     assert tokenizer.decode(answer) == "The capital of France is Paris."
@@ -370,15 +390,15 @@ def test_chat_prompt_equals_the_checkpoint_template(name, monkeypatch):
         assert tokenizer.chat("Hi?", system=system) == rendered[0]
 
 
-def test_converted_checkpoint_reads_the_dequantized_weights(monkeypatch):
-    """The conversion keeps llama.cpp's numbers: SmolLM2's Q8_0 embedding, read with the gguf
-    package's own reader and kernels, equals what the converted checkpoint holds."""
+def test_loaded_weights_are_the_dequantized_ones(monkeypatch):
+    """Loading keeps llama.cpp's numbers: SmolLM2's Q8_0 embedding, read with the gguf
+    package's own reader and kernels, equals what the float32 model holds, bit for bit."""
     import gguf
 
     path = real("smollm2-135m", monkeypatch)
     reader = gguf.GGUFReader(path)
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    converted = load_module.converted_gguf(path)
-    stored = load_file(converted / "model.safetensors")["model.embed_tokens.weight"]
+    model, _ = load(path, dtype="float32")
+    stored = model.model.embed_tokens.weight
     expected = gguf.quants.dequantize(embd.data, embd.tensor_type).reshape(stored.shape)
     assert np.array_equal(stored.numpy(), expected)

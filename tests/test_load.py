@@ -33,7 +33,7 @@ def mapped_files(tensor: torch.Tensor) -> set[str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_weights_are_memory_mapped_not_copied(ckpt):
-    model, _ = load(ckpt)
+    model, _ = load(ckpt, dtype="float32")
     for name in ("model.embed_tokens.weight", "model.layers.2.mlp.down_proj.weight", "lm_head.weight"):
         tensor = model.get_parameter(name)
         assert str(ckpt / "model.safetensors") in mapped_files(tensor), name
@@ -111,11 +111,11 @@ def test_unsupported_rope_scaling_lists_the_supported(ckpt):
 
 def test_transformers_4_config_layout(ckpt, tiny_dir):
     """Older configs carry rope_theta / rope_scaling instead of rope_parameters."""
-    ref, _ = load(tiny_dir("qwen2"))
+    ref, _ = load(tiny_dir("qwen2"), dtype="float32")
     config = json.loads((ckpt / "config.json").read_text())
     theta = config.pop("rope_parameters")["rope_theta"]
     config.pop("layer_types")
     (ckpt / "config.json").write_text(json.dumps({**config, "rope_theta": theta, "rope_scaling": None}))
-    model, _ = load(ckpt)
+    model, _ = load(ckpt, dtype="float32")
     tokens = torch.tensor([3, 1, 4, 1, 5])
     assert torch.equal(model(tokens), ref(tokens))

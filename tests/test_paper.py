@@ -189,30 +189,30 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path):
 
     os.environ["CONTGPT_CACHE"] = str(CACHE)
     fetch_or_skip(lambda: fetch_model("qwen2.5-0.5b"))
-    command = [sys.executable, str(ROOT / "demos" / "reproduce.py"), "--task", task, "--limit", "3", "--samples", "5", "--out", str(tmp_path)]
+    command = [sys.executable, str(ROOT / "demos" / "reproduce.py"), "--task", task, "--limit", "3", "--samples", "5", "--dtype", "float32", "--out", str(tmp_path)]
     env = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    log = tmp_path / f"{task}_qwen2.5-0.5b_builtin.jsonl"
+    log = tmp_path / f"{task}_qwen2.5-0.5b_float32_builtin.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(records) == 3 and all("metrics" in r for r in records)
-    summary = json.loads((tmp_path / f"{task}_qwen2.5-0.5b_builtin.summary.json").read_text())
-    assert summary["run"] == 3 and (tmp_path / f"{task}_qwen2.5-0.5b_builtin.png").exists()
+    summary = json.loads((tmp_path / f"{task}_qwen2.5-0.5b_float32_builtin.summary.json").read_text())
+    assert summary["run"] == 3 and (tmp_path / f"{task}_qwen2.5-0.5b_float32_builtin.png").exists()
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert "3 already done, 0 to run" in again.stdout and len(log.read_text().splitlines()) == 3
     table = subprocess.run([*command[:2], "--table", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
-    assert f"`python demos/reproduce.py --task {task} --model qwen2.5-0.5b --samples 5` |" in table.stdout
+    assert f"`python demos/reproduce.py --task {task} --model qwen2.5-0.5b --dtype float32 --samples 5` |" in table.stdout
 
 
 def test_table_names_the_command_of_each_run():
     spec = importlib.util.spec_from_file_location("reproduce", ROOT / "demos" / "reproduce.py")
     reproduce = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reproduce)
-    official = {"task": "events", "model": "qwen2.5-1.5b", "dataset": "counting_events_seq_every10", "samples": 40}
+    official = {"task": "events", "model": "qwen2.5-1.5b", "dtype": "bfloat16", "dataset": "counting_events_seq_every10", "samples": 40}
     assert reproduce.command(official) == (
-        "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --stride 10")
-    builtin = {"task": "sums", "model": "qwen2.5-0.5b", "dataset": "builtin", "samples": 5}
-    assert reproduce.command(builtin) == "python demos/reproduce.py --task sums --model qwen2.5-0.5b --samples 5"
+        "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --dtype bfloat16 --stride 10")
+    builtin = {"task": "sums", "model": "qwen2.5-0.5b", "dtype": "float32", "dataset": "builtin", "samples": 5}
+    assert reproduce.command(builtin) == "python demos/reproduce.py --task sums --model qwen2.5-0.5b --dtype float32 --samples 5"
 
 
 @pytest.mark.parametrize("args, message", [

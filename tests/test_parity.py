@@ -12,7 +12,7 @@ TOL = 1e-4  # float32
 @pytest.mark.parametrize("name", list(TINY))
 def test_ordinary_forward_matches_transformers(tiny_dir, name):
     path = tiny_dir(name)
-    model, tokenizer = load(path)
+    model, tokenizer = load(path, dtype="float32")
     assert tokenizer is None  # random checkpoints come without tokenizer files
     tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -26,7 +26,7 @@ def test_continuous_timeline_matches_transformers(tiny_dir, name):
     """Random positions and durations per batch row against transformers given the same float
     position_ids and the 4-D additive mask of log-durations (eager attention)."""
     path = tiny_dir(name)
-    model, _ = load(path)
+    model, _ = load(path, dtype="float32")
     tokens = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(2))
     positions, durations = random_timeline(3, 12, seed=3)
     mask = reference_mask(durations, model.config.sliding_window, name)
@@ -43,7 +43,7 @@ def test_embeds_are_raw_rows_scaled_inside(tiny_dir, name):
     """embeds= takes raw table rows and the model applies the family's scaling; transformers 5
     scales inside its embedding module, so it is given already-scaled rows."""
     path = tiny_dir(name)
-    model, _ = load(path)
+    model, _ = load(path, dtype="float32")
     tokens = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(4))
     raw = model.embed(tokens)
     scale = model.config.dim**0.5 if model.config.quirks.embed_scale else 1.0
@@ -58,7 +58,7 @@ def test_sharded_checkpoint(tmp_path):
     path = write_tiny("llama3", tmp_path, max_shard_size="20KB")
     shards = list(path.glob("model-*.safetensors"))
     assert (path / "model.safetensors.index.json").exists() and len(shards) > 1
-    model, _ = load(path)
+    model, _ = load(path, dtype="float32")
     tokens = torch.arange(10)[None] % VOCAB
     with torch.no_grad():
         assert (model(tokens) - reference_model(path)(tokens).logits).abs().max().item() <= TOL
@@ -66,7 +66,7 @@ def test_sharded_checkpoint(tmp_path):
 
 def test_tied_checkpoint_shares_one_matrix(tiny_dir):
     """Parity of the tied model is in the tests above; here: one matrix, not two."""
-    model, _ = load(tiny_dir("llama_tied"))
+    model, _ = load(tiny_dir("llama_tied"), dtype="float32")
     assert model.lm_head is None and "lm_head.weight" not in model.state_dict()
     tokens = torch.arange(6)[None]
     before = model(tokens)[0, -1, 7]

@@ -12,7 +12,7 @@ from load import load
 def test_stories260k_tells_a_story():
     import transformers
 
-    model, tokenizer = load(STORIES)
+    model, tokenizer = load(STORIES, dtype="float32")
     prompt = tokenizer.encode("Once upon a time")
     ours = model.generate(torch.tensor(prompt), 40, stop={tokenizer.eos_id})
     reference = transformers.AutoModelForCausalLM.from_pretrained(STORIES).eval()

@@ -15,7 +15,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module", params=["qwen2", "mistral", "gemma2"])
 def model(request, tiny_dir):
     """Plain, sliding-window (every layer; window 4) and mixed soft-capped models."""
-    return load(tiny_dir(request.param))[0]
+    return load(tiny_dir(request.param), dtype="float32")[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,220 @@
+"""Which dtype a model runs in, chosen from the hardware, and int8 weight-only layers.
+
+    load(source)                    # dtype="auto": bfloat16 where the hardware multiplies it natively
+    load(source, dtype="float32")   # the exact path the parity tests check
+    load(source, dtype="int8")      # int8 weights per output channel, 16-bit activations
+
+"auto" never assumes: on a CPU bf16 is fast only with native instructions (avx512_bf16, AMX;
+bf16 on Arm), and without them a bf16 matmul runs hundreds of times slower than float32. So
+"auto" reads the CPU's flags and then measures a few milliseconds of matmuls in both dtypes;
+bfloat16 is chosen only when it is measured faster. On CUDA it asks the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+DTYPES = ("auto", "float32", "bfloat16", "int8")
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; "bf16" is Arm's feature name
+MIN_BF16_SPEEDUP = 1.2  # bf16 must clearly beat float32: a measured tie is noise, and bf16 costs accuracy
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model's weights are stored and in which dtype its activations run."""
+
+    name: str  # "float32", "bfloat16", "int8", or another torch dtype's name
+    compute: torch.dtype  # activations, and every weight that is not quantized
+    reason: str  # why: printed once by the demos
+
+    @property
+    def int8(self) -> bool:
+        return self.name == "int8"
+
+    def __str__(self) -> str:
+        activations = f", activations {dtype_name(self.compute)}" if self.int8 else ""
+        return f"{self.name}{activations} ({self.reason})"
+
+
+def pick_device(name: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None): the GPU when there is one, else the CPU; anything else as torch reads it."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve(dtype, device: torch.device) -> Precision:
+    """A Precision from what the user asked for: one of DTYPES or a floating torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point type or one of {', '.join(DTYPES)}, not {dtype}")
+        return Precision(dtype_name(dtype), dtype, "requested")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} or a floating torch.dtype")
+    if dtype in ("float32", "bfloat16"):
+        return Precision(dtype, getattr(torch, dtype), "requested")
+    fast, why = fast_bf16(device)
+    if dtype == "auto":
+        return Precision("bfloat16", torch.bfloat16, why) if fast else Precision("float32", torch.float32, why)
+    activations = torch.bfloat16 if fast else torch.float32
+    problem = int8_kernel_problem(device, activations)
+    if problem:
+        fallback = "bfloat16" if fast else "float32"
+        warnings.warn(f"int8 weights are not available here ({problem}); running in {fallback} instead", stacklevel=3)
+        return Precision(fallback, activations, f"int8 requested, but {problem}")
+    if not fast:
+        warnings.warn("int8 weights with float32 activations run torch's generic kernel, which is slow; "
+                      "int8 pays on hardware with native bf16", stacklevel=3)  # fmt: skip
+    return Precision("int8", activations, f"requested; {why}")
+
+
+def fast_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether bf16 matmuls are native and fast on this device, the reason in words)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, f"{torch.cuda.get_device_name(device)} supports bfloat16"
+        return False, f"{torch.cuda.get_device_name(device)} has no bfloat16"
+    if device.type != "cpu":
+        return False, f"no bfloat16 check for {device.type} devices"
+    return cpu_bf16()
+
+
+@functools.cache
+def cpu_bf16() -> tuple[bool, str]:
+    flags = cpu_flags()
+    native = sorted(flags & BF16_FLAGS) if flags is not None else []
+    if flags is not None and not native:
+        return False, "this CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
+    speedup = measured_bf16_speedup()
+    have = f"{', '.join(native)}; " if native else ""
+    if speedup >= MIN_BF16_SPEEDUP:
+        return True, f"this CPU multiplies bf16 natively ({have}measured {speedup:.1f}x float32)"
+    return False, f"bf16 matmul measured {speedup:.1f}x float32 on this CPU ({have}below {MIN_BF16_SPEEDUP}x)"
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def measured_bf16_speedup(n: int = 256, repeats: int = 10) -> float:
+    """float32 time / bfloat16 time of an n x n x n matmul, best of `repeats` each (a few ms;
+    the best, since another process on the machine can only make a run slower)."""
+
+    def best(dtype):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b  # the first call may build kernels
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.float32) / best(torch.bfloat16)
+
+
+def int8_kernel_problem(device: torch.device, activations: torch.dtype) -> str | None:
+    """None if torch's packed int8 matmul runs on this device, else why not."""
+    try:
+        x = torch.ones(2, 64, dtype=activations, device=device)
+        w = torch.ones(8, 64, dtype=torch.int8, device=device)
+        torch.ops.aten._weight_int8pack_mm(x, w, torch.ones(8, dtype=activations, device=device))
+    except (RuntimeError, NotImplementedError) as e:
+        return f"torch {torch.__version__} has no int8 weight kernel for {device.type} ({str(e).splitlines()[0][:120]})"
+    return None
+
+
+# ----------------------------------------------------------------------------- int8 weights
+
+
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (q (out, in) int8, scales (out,)) with weight ~ q * scales[:, None].
+    The scales are rounded to their dtype first and q computed from the rounded ones, so the
+    only error left is q's own rounding (at most half a step per weight)."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127).to(scale_dtype)
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales)).float()  # an all-zero row stays zero
+    q = (w / safe[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights and one scale per output channel (weight-only
+    quantization, as gpt-fast does it): y = (x @ q.T) * scales + bias, through torch's packed
+    int8 kernel. Decoding reads a quarter of the float32 bytes, and it is bound by reading."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("weight", q)  # (out, in) int8
+        self.register_buffer("scales", scales)  # (out,) in the activation dtype
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def like(cls, linear: nn.Linear, scale_dtype: torch.dtype) -> Int8Linear:
+        """An empty layer of the same shape on the meta device, for load_state_dict(assign=True)."""
+        out, inp = linear.weight.shape
+        meta = lambda *shape, dtype: torch.empty(*shape, dtype=dtype, device="meta")  # noqa: E731
+        return cls(meta(out, inp, dtype=torch.int8), meta(out, dtype=scale_dtype),
+                   None if linear.bias is None else meta(out, dtype=scale_dtype))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], -1)
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table kept as int8 rows with per-row scales: a tied model's output head and
+    input embedding share one int8 matrix. Looked-up rows come back in the activation dtype."""
+
+    def __init__(self, q: torch.Tensor, scales: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].to(self.scales.dtype) * self.scales[ids, None]
+
+    def as_head(self) -> Int8Linear:
+        return Int8Linear(self.weight, self.scales)
+
+
+def int8_layout(model: nn.Module, scale_dtype: torch.dtype, tied: bool) -> set[str]:
+    """Swap every nn.Linear of a meta-device model (and a tied embedding table) for its int8
+    form. Returns the names of the weights to quantize (the checkpoint's names, unchanged)."""
+    names = set()
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, child_name, Int8Linear.like(child, scale_dtype))
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            names.add(f"{name}.weight")
+    if tied:
+        table = model.model.embed_tokens
+        rows, dim = table.weight.shape
+        model.model.embed_tokens = Int8Embedding(torch.empty(rows, dim, dtype=torch.int8, device="meta"),
+                                                 torch.empty(rows, dtype=scale_dtype, device="meta"))  # fmt: skip
+        names.add("model.embed_tokens.weight")
+    return names
