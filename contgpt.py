@@ -244,7 +244,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class KVCache:
     """What a forward pass leaves for the next: each layer's rotated keys and values, plus the
-    timeline (positions, durations) of the tokens they belong to. Grows by concatenation."""
+    timeline (positions, durations) of the tokens they belong to. Grows by concatenation.
+
+    A forward extends the cache only when it succeeds: the layers' new keys are held aside
+    (`extended`) and stored together at the end (`commit`), so a pass stopped half-way by an
+    error or Ctrl-C leaves the cache as it was. A one-example cache may be continued by a batch:
+    it is shared by every example (expanded, not copied)."""
 
     def __init__(self, rule: str = "right"):
         self.rule = rule
@@ -252,6 +257,7 @@ class KVCache:
         self.values: dict[int, torch.Tensor] = {}
         self.positions: torch.Tensor | None = None  # (B, S) float32
         self.durations: torch.Tensor | None = None  # (B, S) float32
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return 0 if self.positions is None else self.positions.shape[1]
@@ -260,12 +266,27 @@ class KVCache:
     def batch_size(self) -> int | None:
         return None if self.positions is None else self.positions.shape[0]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def extended(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys and values of a layer followed by new ones (B, Hkv, S + T, hd), held
+        until commit."""
         if layer in self.keys:
-            k = torch.cat((self.keys[layer], k), dim=2)
-            v = torch.cat((self.values[layer], v), dim=2)
-        self.keys[layer], self.values[layer] = k, v
+            old_k, old_v = self.keys[layer], self.values[layer]
+            if old_k.shape[0] != k.shape[0]:  # a one-example cache continued by a batch
+                old_k, old_v = old_k.expand(k.shape[0], *old_k.shape[1:]), old_v.expand(v.shape[0], *old_v.shape[1:])
+            k, v = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
+        self._pending[layer] = (k, v)
         return k, v
+
+    def commit(self, positions: torch.Tensor, durations: torch.Tensor, rule: str) -> None:
+        """Store what the pass computed: every layer's keys and values, and the whole timeline
+        (positions and durations (B, S + T))."""
+        for layer, (k, v) in self._pending.items():
+            self.keys[layer], self.values[layer] = k, v
+        self.positions, self.durations, self.rule = positions, durations, rule
+        self._pending = {}
+
+    def discard(self) -> None:
+        self._pending = {}
 
     def expand(self, batch_size: int) -> KVCache:
         """A cache of batch_size copies of this one-example cache, sharing its memory."""
@@ -321,7 +342,7 @@ class Attention(nn.Module):
         q = apply_rotary(q, q_cos, q_sin)  # float32
         k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
+            k, v = cache.extended(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
         # grouped-query attention without copying keys: query heads grouped by their kv head;
         # scores in float32, so that a 16-bit model still resolves small log-duration biases
         rep = self.n_heads // self.n_kv_heads
@@ -413,8 +434,7 @@ class Transformer(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
-        tokens = torch.as_tensor(tokens, device=self.device)
-        _check_token_ids(tokens, self.config.vocab_size)
+        tokens = _check_token_ids(torch.as_tensor(tokens, device=self.device), self.config.vocab_size)
         return self.model.embed_tokens(tokens)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -449,25 +469,28 @@ class Transformer(nn.Module):
         pos, dur = timeline(x.shape[0], x.shape[1], positions, durations, cache, x.device)
         B, T = pos.shape
         x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
-
-        key_pos = pos - {"right": 0.0, "left": 1.0, "midpoint": 0.5}[rule] * dur
-        all_dur = dur if cache is None or not len(cache) else torch.cat((cache.durations, dur), dim=1)
+        key_pos = key_positions(pos, dur, rule)
+        if cache is not None and len(cache):  # the whole timeline, a one-example cache shared by the batch
+            pos = torch.cat((cache.positions.expand(B, -1), pos), dim=1)
+            dur = torch.cat((cache.durations.expand(B, -1), dur), dim=1)
         ropes, biases = {}, {}
         for sliding in sorted(set(cfg.sliding_layers)):
             local = sliding and cfg.rope_local_theta is not None
             inv_freq = inverse_frequencies(cfg, local)
-            ropes[sliding] = (rotary(pos, inv_freq), rotary(key_pos, inv_freq))
-            biases[sliding] = attention_bias(all_dur, T, cfg.sliding_window if sliding else None)
+            ropes[sliding] = (rotary(pos[:, -T:], inv_freq), rotary(key_pos, inv_freq))
+            biases[sliding] = attention_bias(dur, T, cfg.sliding_window if sliding else None)
+        try:
+            for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
+                x = layer(x, ropes[sliding], biases[sliding], cache)
+            if last_only:
+                x = x[:, -1:]
+            logits = self.head(self.model.norm(x)).float()
+        except BaseException:  # out of memory, Ctrl-C: the cache stays as it was, and usable
+            if cache is not None:
+                cache.discard()
+            raise
         if cache is not None:
-            cache.rule = rule
-            cache.positions = pos if not len(cache) else torch.cat((cache.positions, pos), dim=1)
-            cache.durations = all_dur
-
-        for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
-            x = layer(x, ropes[sliding], biases[sliding], cache)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.head(self.model.norm(x)).float()
+            cache.commit(pos, dur, rule)
         if cfg.logit_softcap:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return logits
@@ -480,18 +503,20 @@ class Transformer(nn.Module):
             tokens = torch.as_tensor(tokens, device=self.device)
             if tokens.dim() == 1:
                 tokens = tokens[None]
-            if tokens.dim() != 2 or tokens.shape[1] == 0:
-                raise ValueError(f"tokens must have shape (T,) or (B, T) with T > 0, not {tuple(tokens.shape)}")
+            if tokens.dim() != 2 or 0 in tokens.shape:
+                raise ValueError(f"tokens must have shape (T,) or (B, T) with B, T > 0, not {tuple(tokens.shape)}")
             x = self.embed(tokens)
         else:
             embeds = torch.as_tensor(embeds)
             if embeds.dim() == 2:
                 embeds = embeds[None]
-            if embeds.dim() != 3 or embeds.shape[-1] != cfg.dim or embeds.shape[1] == 0:
-                raise ValueError(f"embeds must have shape (B, T, {cfg.dim}), not {tuple(embeds.shape)}")
+            if embeds.dim() != 3 or embeds.shape[-1] != cfg.dim or 0 in embeds.shape:
+                raise ValueError(f"embeds must have shape (T, {cfg.dim}) or (B, T, {cfg.dim}) with B, T > 0, not {tuple(embeds.shape)}")
+            if not embeds.dtype.is_floating_point:
+                raise ValueError(f"embeds must be floating point, not {embeds.dtype}")
             x = embeds.to(device=self.device, dtype=self.dtype)
-            if not torch.isfinite(x).all():  # checked after the cast: 1e39 is finite in float64 only
-                raise ValueError(f"embeds contain NaN or infinite values in {x.dtype}, the model's dtype")
+            if bad := _first(~torch.isfinite(x).all(dim=-1)):  # after the cast: 1e39 is finite in float64 only
+                raise ValueError(f"embeds[{bad[0]}, {bad[1]}] holds NaN or infinite values in {x.dtype}, the model's dtype")
         if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
             x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
         return x
@@ -523,10 +548,16 @@ class Transformer(nn.Module):
         tokens = torch.as_tensor(tokens)
         if tokens.dim() != 1:
             raise ValueError(f"generate continues one prompt of shape (T,), not {tuple(tokens.shape)}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
+        check_sampling(temperature, top_k)
         device = self.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         cache = KVCache(rule)
         logits = self(tokens, positions=positions, durations=durations, rule=rule, last_only=True, cache=cache)
+        if logits.shape[0] != 1:
+            raise ValueError(f"generate continues one prompt on one timeline, but the timeline given holds {logits.shape[0]} "
+                             f"rows; run one generate per row")  # fmt: skip
         out: list[int] = []
         for _ in range(max_new_tokens):
             next_id = sample(logits[0, -1], temperature, top_k, generator)
@@ -541,13 +572,20 @@ class Transformer(nn.Module):
         return out
 
 
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, not {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, not {top_k!r}")
+
+
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> int:
     """One id from a (vocab,) row of logits: argmax at temperature 0, else a softmax draw."""
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be finite and >= 0, not {temperature}")
+    check_sampling(temperature, top_k)
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    # relative to the largest logit, so that a tiny temperature gives 0 and -inf, never inf - inf
+    logits = (logits.float() - logits.float().max()) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[-1]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -557,14 +595,20 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generato
 # ----------------------------------------------------------------------------- timeline
 
 
+MAX_POSITION = 2.0**20  # |positions| below this: float32 then places a token to 1/16 of a unit or better
+
+
 def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions and durations (B', T) in float32 for T new tokens, validated.
+    """Positions and durations (B', T) in float32 for T new tokens, validated after the cast to
+    float32 (what the model computes with).
 
     Defaults reproduce the discrete model: positions 0..T-1 (continuing after a cache), duration 1.
     Durations alone: positions are their running sum minus 1 (after the cache's last position).
     Positions alone: each duration is the gap to the previous position; the first one is 1
-    (or the gap to the cache's last position). B' is the largest batch among the input, the
-    timeline and the cache; each of them must hold B' examples or one, shared by all.
+    (or the gap to the cache's last position); positions must then strictly increase.
+    Positions may be negative; every |position| must stay below MAX_POSITION. Durations are
+    >= 0 (0 hides a token) and finite. B' is the largest batch among the input, the timeline and
+    the cache; each of them must hold B' examples or one, shared by all.
     """
     last = None if cache is None or not len(cache) else cache.positions[:, -1:]  # (B, 1)
     pos = _as_timeline("positions", positions, T, device)
@@ -572,7 +616,7 @@ def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device
     batches = {"input": B} | {k: v.shape[0] for k, v in (("positions", pos), ("durations", dur), ("cache", last)) if v is not None}
     n = max(batches.values())
     if any(b not in (1, n) for b in batches.values()):
-        raise ValueError(f"batch sizes do not match: {batches}")
+        raise ValueError(f"batch sizes do not match: {batches}; each must be {n} or 1")
     if dur is not None:
         _check_finite("durations", dur)
         if bad := _first(dur < 0):
@@ -582,26 +626,47 @@ def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device
             dur = torch.ones(1, T, device=device)
         start = last if last is not None else torch.full((1, 1), -1.0, device=device)
         pos = start + dur.cumsum(dim=1)
+        _check_finite("positions (the running sum of the durations)", pos)
     elif dur is None:
-        first = pos[:, :1] - last if last is not None else torch.ones_like(pos[:, :1])
-        dur = torch.cat((first, pos[:, 1:] - pos[:, :-1]), dim=1)
-        if bad := _first(dur < 0):
+        _check_finite("positions", pos)
+        first = pos[:, :1] - last if last is not None else torch.ones_like(pos[:, :1])  # (1 or n, 1)
+        rows = max(first.shape[0], pos.shape[0])
+        dur = torch.cat((first.expand(rows, 1), (pos[:, 1:] - pos[:, :-1]).expand(rows, T - 1)), dim=1)
+        if bad := _first(dur <= 0):
             raise ValueError(
-                f"positions alone imply durations as gaps, but position {bad[1]} of example {bad[0]} comes before "
-                f"the one preceding it; pass durations= too for a timeline that goes back in time"
+                f"positions alone imply durations as gaps, but position {bad[1]} of example {bad[0]} does not come after "
+                f"the one before it (gap {dur[bad].item()}); pass durations= too, for a timeline that goes back in time "
+                f"or a token of duration 0"
             )
+        _check_finite("durations (the gaps between positions)", dur)
     _check_finite("positions", pos)
+    _check_position_range("positions", pos)
     return pos.expand(n, T), dur.expand(n, T)
+
+
+def key_positions(positions: torch.Tensor, durations: torch.Tensor, rule: str) -> torch.Tensor:
+    """Where each key's rotary position sits in its interval (t - d, t]: t, t - d or t - d/2."""
+    keys = positions - {"right": 0.0, "left": 1.0, "midpoint": 0.5}[rule] * durations  # finite: |t| < 2**20, d finite
+    _check_position_range(f"key positions (rule {rule!r}: position - {'duration' if rule == 'left' else 'duration / 2'})", keys)
+    return keys
 
 
 def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
     if value is None:
         return None
-    value = torch.as_tensor(value, dtype=torch.float32, device=device)
+    given = torch.as_tensor(value, device=device)
+    if not (given.dtype.is_floating_point or given.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)):
+        raise ValueError(f"{name} must be real numbers, not {given.dtype}")
+    value = given.to(torch.float32)
     if value.dim() == 1:
-        value = value[None]
+        value, given = value[None], given[None]
     if value.dim() != 2 or value.shape[1] != T:
         raise ValueError(f"{name} must have shape ({T},) or (B, {T}) to match the input, not {tuple(value.shape)}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} hold an empty batch {tuple(value.shape)}")
+    if bad := _first((given > 0) & (value == 0)):  # float64 below 1.4e-45: 0 would hide the token
+        raise ValueError(f"{name}[{bad[0]}, {bad[1]}] = {given[bad].item()} rounds to 0 in float32, the model's timeline "
+                         f"dtype (smallest positive value 1.4e-45); give exactly 0 to hide a token")  # fmt: skip
     return value
 
 
@@ -613,14 +678,25 @@ def _first(mask: torch.Tensor) -> tuple[int, ...] | None:
 
 def _check_finite(name: str, value: torch.Tensor) -> None:
     if bad := _first(~torch.isfinite(value)):
-        raise ValueError(f"{name} must be finite, but {name}[{bad[0]}, {bad[1]}] = {value[bad].item()}")
+        raise ValueError(f"{name} must be finite in float32, but at [{bad[0]}, {bad[1]}] it is {value[bad].item()}")
 
 
-def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> None:
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+def _check_position_range(name: str, value: torch.Tensor) -> None:
+    if bad := _first(value.abs() >= MAX_POSITION):
+        raise ValueError(
+            f"{name} must lie within +-{MAX_POSITION:.0f} (2**20), but at [{bad[0]}, {bad[1]}] it is {value[bad].item()}: "
+            f"float32 no longer resolves a fraction of a token there (shifting every position by 1e6 moves the "
+            f"logits by 2e-2, although the model is shift invariant); shift the timeline towards 0"
+        )
+
+
+def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """tokens as int64 (any integer dtype is accepted), each checked to be in the vocabulary."""
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
         raise ValueError(f"token ids must be integers, not {tokens.dtype}")
     if bad := _first((tokens < 0) | (tokens >= vocab_size)):
         raise ValueError(f"token id {tokens[bad].item()} at index {bad} is outside the vocabulary [0, {vocab_size})")
+    return tokens.long()
 
 
 def attention_bias(durations: torch.Tensor, n_new: int, window: int | None) -> torch.Tensor:

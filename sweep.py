@@ -42,10 +42,22 @@ def last_logits(
     share_prefix=False runs every token of every point (the reference the tests compare with).
     progress: a tqdm bar over points (a string is its label).
     """
+    if (tokens is None) == (embeds is None):
+        raise ValueError("give exactly one of tokens= or embeds=")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None (automatic) or an integer >= 1, not {batch_size!r}")
     inputs = {"tokens": tokens, "embeds": embeds, "positions": positions, "durations": durations}
     per_point = {k: _per_point(k, v) for k, v in inputs.items() if v is not None}
-    n_points = max([v.shape[0] for v in per_point.values()] + [1])
-    T = next(v.shape[1] for v in per_point.values())
+    n_points = max(v.shape[0] for v in per_point.values())
+    rows = {k: v.shape[0] for k, v in per_point.items()}
+    if any(r not in (1, n_points) for r in rows.values()):
+        raise ValueError(f"every input must hold one row (shared by all points) or one per point, {n_points}; got {rows}")
+    lengths = {k: v.shape[1] for k, v in per_point.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"every input must cover the same tokens; lengths {lengths}")
+    T = next(iter(lengths.values()))
+    if n_points == 0 or T == 0:
+        raise ValueError(f"a sweep needs at least one point and one token, not {n_points} points of {T} tokens")
     device = model.device
     if "positions" not in per_point or "durations" not in per_point:  # the model's defaults, made explicit
         pos, dur = timeline(1, T, per_point.get("positions"), per_point.get("durations"), None, "cpu")
@@ -75,9 +87,10 @@ def last_logits(
 def _per_point(name: str, value) -> torch.Tensor:
     """A (1, T, ...) or (N, T, ...) tensor: the leading axis counts points (1 = shared)."""
     value = torch.as_tensor(value)
-    if not (value.dtype.is_floating_point or name == "tokens"):
-        value = value.float()
     core = 2 if name == "embeds" else 1  # embeds carry a trailing feature axis
+    if value.dim() not in (core, core + 1):
+        shape = "(T, dim) or (N, T, dim)" if name == "embeds" else "(T,) or (N, T)"
+        raise ValueError(f"{name} must have shape {shape}, not {tuple(value.shape)}")
     return value[None] if value.dim() == core else value
 
 

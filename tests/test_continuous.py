@@ -108,9 +108,19 @@ def test_a_query_that_sees_nothing_is_an_error_not_nan(qwen, tokens):
         qwen(tokens, positions=torch.arange(T).float(), durations=d)
 
 
-def test_tiny_durations_stay_finite(qwen, tokens):
-    d = torch.full((T,), 1e-30)
-    assert torch.isfinite(qwen(tokens, durations=d, positions=torch.arange(T).float())).all()
+def test_a_tiny_duration_is_almost_hidden(qwen, tokens):
+    """A duration of 1e-30 among durations of 1: the key's weight is 1e-30 of its neighbours',
+    so every other output equals the model with that token hidden (duration 0), up to float32;
+    its own query still sees it (it is the only key with positive weight... among its own).
+    Finite everywhere, not a NaN from log(1e-30)."""
+    p = torch.arange(T).float()
+    tiny, zero = torch.ones(T), torch.ones(T)
+    tiny[4], zero[4] = 1e-30, 0.0
+    almost, hidden = qwen(tokens, positions=p, durations=tiny), qwen(tokens, positions=p, durations=zero)
+    assert torch.isfinite(almost).all()
+    others = [i for i in range(T) if i != 4]
+    assert max_diff(almost[0, others], hidden[0, others]) <= 1e-5
+    assert max_diff(almost, qwen(tokens, positions=p)) > 1e-2  # and it is not the ordinary model
 
 
 def test_last_only(qwen, tokens):
@@ -186,12 +196,20 @@ def test_left_and_midpoint_differ_from_right(qwen, tokens):
     assert max_diff(right, left) > 1e-2 and max_diff(right, mid) > 1e-2 and max_diff(left, mid) > 1e-2
 
 
-def test_rope_is_float32_from_real_positions_in_any_dtype(qwen, tokens):
-    """A bfloat16 model still places keys at exact fractional positions: angles are float32."""
+def test_rope_angles_are_float32_from_real_positions_in_any_dtype(qwen, tokens):
+    """A bfloat16 model still places keys at exact fractional positions. Around position 200
+    bfloat16 spaces numbers 1 apart, so angles computed in bf16 could not tell 200.25 from
+    200.5; in float32 they can, and the rotary tables agree with float64 to 1e-5."""
+    from contgpt import inverse_frequencies, rotary
+
     half = copy.deepcopy(qwen).to(torch.bfloat16)
-    p = torch.arange(T).float() + 0.25
-    a, b = half(tokens, positions=p), half(tokens, positions=p + 1e-3)
-    assert a.dtype == torch.float32 and not torch.equal(a, b)
+    p = torch.arange(T).float() + 200.25
+    a, b = half(tokens, positions=p), half(tokens, positions=p + 0.25)
+    assert a.dtype == torch.float32 and max_diff(a, b) > 1e-3
+    inv_freq = inverse_frequencies(half.config, local=False)
+    cos, sin = rotary(p[None], inv_freq)
+    exact = p.double()[:, None] * inv_freq.double()
+    assert max_diff(cos[0, 0].double(), exact.cos()) <= 1e-5 and max_diff(sin[0, 0].double(), exact.sin()) <= 1e-5
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -201,12 +219,24 @@ def test_rope_is_float32_from_real_positions_in_any_dtype(qwen, tokens):
     "kwargs, message",
     [
         (dict(durations=torch.tensor([1.0, -0.5, 1.0])), r"durations must be >= 0, but durations\[0, 1\] = -0.5"),
-        (dict(durations=torch.tensor([1.0, 1.0, math.nan])), r"durations must be finite, but durations\[0, 2\]"),
-        (dict(durations=torch.tensor([math.inf, 1.0, 1.0])), r"durations must be finite, but durations\[0, 0\]"),
-        (dict(positions=torch.tensor([0.0, math.nan, 2.0])), r"positions must be finite, but positions\[0, 1\]"),
-        (dict(positions=torch.tensor([0.0, 2.0, 1.0])), r"position 2 of example 0 comes before"),
+        (dict(durations=torch.tensor([1.0, 1.0, math.nan])), r"durations must be finite in float32, but at \[0, 2\] it is nan"),
+        (dict(durations=torch.tensor([math.inf, 1.0, 1.0])), r"durations must be finite in float32, but at \[0, 0\]"),
+        (dict(durations=torch.tensor([1.0, 1e39, 1.0], dtype=torch.float64)), r"durations must be finite in float32, but at \[0, 1\] it is inf"),
+        (dict(durations=torch.tensor([1.0, 1e-46, 1.0], dtype=torch.float64)), r"durations\[0, 1\] = 1e-46 rounds to 0 in float32"),
+        (dict(durations=torch.tensor([3e38, 3e38, 1.0])), r"positions \(the running sum of the durations\) must be finite"),
+        (dict(positions=torch.tensor([0.0, math.nan, 2.0])), r"positions must be finite in float32, but at \[0, 1\]"),
+        (dict(positions=torch.tensor([0.0, 2.0, 1.0])), r"position 2 of example 0 does not come after"),
+        (dict(positions=torch.tensor([0.0, 1.0, 1.0])), r"position 2 of example 0 does not come after .* \(gap 0.0\)"),
+        (dict(positions=torch.tensor([-3e38, 3e38, 3.1e38])), r"durations \(the gaps between positions\) must be finite"),
+        (dict(positions=torch.tensor([0.0, 1.0, 2e6])), r"positions must lie within \+-1048576 \(2\*\*20\), but at \[0, 2\]"),
+        (dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([1.0, 1.0, 3e6]), rule="left"),
+         r"key positions \(rule 'left': position - duration\) must lie within .* at \[0, 2\]"),
+        (dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([3e38, 1.0, 1.0]), rule="midpoint"),
+         r"key positions \(rule 'midpoint': position - duration / 2\) must lie within .* at \[0, 0\]"),
         (dict(positions=torch.zeros(4)), r"positions must have shape \(3,\) or \(B, 3\)"),
         (dict(durations=torch.ones(2, 3, 1)), r"durations must have shape"),
+        (dict(durations=torch.ones(0, 3)), r"durations hold an empty batch \(0, 3\)"),
+        (dict(durations=torch.tensor([True, True, True])), r"durations must be real numbers, not torch.bool"),
         (dict(positions=torch.zeros(2, 3), durations=torch.ones(3, 3)), r"batch sizes do not match"),
         (dict(rule="trapezoid"), r"unknown rule 'trapezoid'"),
     ],
@@ -214,6 +244,13 @@ def test_rope_is_float32_from_real_positions_in_any_dtype(qwen, tokens):
 def test_bad_timelines_raise(qwen, kwargs, message):
     with pytest.raises(ValueError, match=message):
         qwen(torch.tensor([1, 2, 3]), **kwargs)
+
+
+def test_negative_positions_are_allowed_and_shift_invariant(qwen, tokens):
+    """Positions are any real numbers within range, negative ones too (a timeline is defined up
+    to a shift; the left rule puts keys before 0 anyway)."""
+    positions, durations = random_timeline(1, T, seed=14)
+    assert max_diff(qwen(tokens, positions=positions - 50, durations=durations), qwen(tokens, positions=positions, durations=durations)) <= 1e-4
 
 
 def test_bad_inputs_raise(qwen):
@@ -227,9 +264,20 @@ def test_bad_inputs_raise(qwen):
         qwen()
     with pytest.raises(ValueError, match="exactly one of tokens= or embeds="):
         qwen(torch.tensor([1]), embeds=torch.zeros(1, 1, qwen.config.dim))
-    with pytest.raises(ValueError, match=r"embeds must have shape \(B, T, 32\)"):
+    with pytest.raises(ValueError, match=r"embeds must have shape \(T, 32\) or \(B, T, 32\)"):
         qwen(embeds=torch.zeros(1, 3, 7))
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match=r"embeds\[0, 0\] holds NaN or infinite values"):
         qwen(embeds=torch.full((1, 3, 32), math.nan))
+    with pytest.raises(ValueError, match=r"embeds\[0, 2\] holds NaN or infinite values in torch.float32"):
+        qwen(embeds=torch.tensor([[[0.0] * 32] * 2 + [[1e39] * 32]], dtype=torch.float64))
     with pytest.raises(ValueError, match=r"tokens must have shape \(T,\) or \(B, T\)"):
         qwen(torch.zeros(1, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"with B, T > 0, not \(0, 4\)"):
+        qwen(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"with B, T > 0, not \(0, 3, 32\)"):
+        qwen(embeds=torch.zeros(0, 3, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+def test_any_integer_dtype_is_a_token_id(qwen, dtype):
+    assert torch.equal(qwen(torch.tensor([3, 1, 4], dtype=dtype)), qwen(torch.tensor([3, 1, 4])))

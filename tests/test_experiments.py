@@ -114,7 +114,8 @@ def test_answers_match_exact_stripped_text():
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.05, 0.05, 0.1, 0.2, 0.1, 0.1, 0.1]]))
     probs, other = ex.answer_probs(logits, tok, ["4", "no", "no|No"])
     assert probs[0].tolist() == pytest.approx([0.3, 0.3, 0.4])
-    assert other.item() == pytest.approx(1 - 1.0)  # 0.3 + 0.3 + 0.4 counted: nothing left
+    # "no" and "no|No" overlap: the rest is 1 - p(4, 4, no, No, no) = 0.3, each token counted once
+    assert other.item() == pytest.approx(0.3)
     with pytest.raises(ValueError, match="no token of this vocabulary decodes to 'maybe'"):
         ex.answer_probs(logits, tok, ["maybe"])
 
@@ -173,17 +174,28 @@ def tiny(tiny_dir):
     return load(tiny_dir("qwen2"), dtype="float32")[0]
 
 
-def test_word_swap_endpoints_are_the_two_prompts(tiny, trained_bpe_json):
-    tok = Tokenizer.from_file(trained_bpe_json)
-    tiny_tok = _within(tok, VOCAB)
+class WordTokenizer:
+    """Whitespace-separated words of a fixed list, one token each."""
+
+    add_bos = False
+
+    def __init__(self, words):
+        self.words = words
+
+    def encode(self, text, bos=True):
+        return [self.words.index(w) for w in text.split()]
+
+
+def test_word_swap_endpoints_are_the_two_prompts(tiny):
+    """Words of one token each: one segment of duration 1, and the interpolation's endpoints
+    are exactly the embeddings of the two discrete prompts."""
+    tok = WordTokenizer(["Question:", "Are", "apples", "tomatoes", "red?", "Answer:"])
     template = "Question: Are {} red? Answer:"
-    swap = ex.word_swap(tiny, tiny_tok, template, "apples", "tomatoes")
+    swap = ex.word_swap(tiny, tok, template, "apples", "tomatoes")
+    assert len(swap.seg_a) == 1 and swap.durations.tolist() == [1.0] * 5
     embeds = swap.embeds([0.0, 1.0])
     for k, word in enumerate(["apples", "tomatoes"]):
-        ids = tiny_tok.encode(template.format(word))
-        if len(swap.seg_a) == 1:  # one token each: the endpoints are exactly the discrete prompts
-            assert torch.equal(embeds[k], tiny.embed(torch.tensor(ids)))
-    assert swap.durations.sum().item() == pytest.approx(len(swap.left) + 1 + len(swap.right))
+        assert torch.equal(embeds[k], tiny.embed(torch.tensor(tok.encode(template.format(word)))))
 
 
 def _within(tok, vocab):

