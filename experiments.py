@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,18 +338,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one")
 
 
-def load_for_demo(args: argparse.Namespace):
+def load_for_demo(args: argparse.Namespace, world=None):
     """(model, tokenizer) from the --model, --dtype and --device options, with the load time and
-    the chosen dtype (and why) printed; a model without tokenizer is an error."""
+    the chosen dtype (and why) printed; a model without tokenizer is an error. A demo is one
+    process (it refuses to run under torchrun); demos/reproduce.py passes its parallel.World,
+    which picks this rank's device, and only rank 0 speaks."""
     from load import load
+    from parallel import refuse_distributed
     from precision import pick_device
 
+    if world is None:
+        refuse_distributed(Path(sys.argv[0]).name, "a demo is one sweep; demos/reproduce.py spreads a dataset over ranks")
+    device = pick_device(args.device) if world is None else world.device(args.device)
     start = time.perf_counter()
-    model, tokenizer = load(args.model, dtype=args.dtype, device=pick_device(args.device))
+    model, tokenizer = load(args.model, dtype=args.dtype, device=device)
     if tokenizer is None:
         raise SystemExit(f"{args.model} has no tokenizer files; the demos need one")
-    print(f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
-          f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}")  # fmt: skip
+    if world is None or world.rank == 0:
+        print(f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
+              f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}")  # fmt: skip
     return model, tokenizer
 
 

@@ -149,6 +149,27 @@ def interpolation_case(item, model, tokenizer, samples: int) -> Case:
     return Case(item["key"], inputs, alphas.tolist(), YES_NO, {"kind": item["kind"], "segments": len(swap.seg_a)})
 
 
+def prompt_text(task: str, item: dict) -> str:
+    """The prompt an item asks the model (for interpolation, with the first option)."""
+    if task == "counting":
+        sentence = " ".join([item["word"]] * item["repetitions"])
+        return COUNTING_PROMPT.format(sentence=sentence, category=item["category_with_article"])
+    if task == "events":
+        return item["sentence"]
+    if task == "sums":
+        return format_with_offsets(item["template"], item["fields"])[0]
+    return INTERPOLATION_PROMPT.format(question=item["questions"][item["kind"]]).format(item["options"][0])
+
+
+def item_cost(task: str, item: dict, tokenizer, samples: int) -> int:
+    """An item's work, roughly: its prompt's tokens times its sweep points. (An item that cannot
+    be built costs nothing: it is recorded with its reason at once.)"""
+    try:
+        return len(tokenizer.encode(prompt_text(task, item))) * samples
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 0
+
+
 # ----------------------------------------------------------------------------- metrics
 
 

@@ -1,13 +1,16 @@
 """Reproduce the paper's quantitative results: one task over a 200-item dataset, with the
-paper's metrics (paper.py), on any model contgpt loads.
+paper's metrics (paper.py), on any model contgpt loads, in one process or spread over many.
 
     python demos/reproduce.py --task counting                      # built-in dataset (data/)
     python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b
+    torchrun --nproc-per-node 4 demos/reproduce.py --task counting # the items shared by 4 ranks
     python demos/reproduce.py --table                              # the README table from finished runs
 
-Each finished item is appended to <out>/<task>_<model>_<dataset>.jsonl with its curves, so a
-stopped run continues where it was (items are not recomputed). An item that cannot be run is
-recorded with its reason. At the end: a summary JSON, a markdown table and the paper-style plots.
+Each finished item is appended to <out>/<task>_<model>_<dtype>_<dataset>.jsonl with its curves
+(ranks other than 0 append to .rank<r>.jsonl files, merged into that one at the end), so a
+stopped run continues where it was, with any number of ranks, and recomputes nothing finished.
+An item that cannot be run is recorded with its reason. At the end: a summary JSON, a markdown
+table and the paper-style plots.
 """
 
 import argparse
@@ -18,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import paper  # noqa: E402
+import parallel  # noqa: E402
 from experiments import add_model_options, answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
-from precision import pick_device, resolve  # noqa: E402
+from precision import resolve  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 SUBSET = "_every"  # a dataset name's suffix for a --stride subset: <data>_every<K>
@@ -55,34 +58,67 @@ def main(argv=None):
     run(args)
 
 
-def run(args) -> dict:
+def run(args) -> dict | None:
+    """Run (or finish) one task over a dataset; under torchrun, this rank's share of it. Rank 0
+    merges the records and returns the summary; other ranks return None."""
     started = time.perf_counter()
+    world = parallel.join()
+    try:
+        return run_in(world, args, started)
+    finally:
+        world.close()
+
+
+def run_in(world, args, started: float) -> dict | None:
+    say = print if world.rank == 0 else (lambda *a, **k: None)  # noqa: E731
     items = paper.load_items(args.task, args.data)[:: args.stride][: args.limit]
     dataset = (args.data.stem if args.data else "builtin") + (f"{SUBSET}{args.stride}" if args.stride > 1 else "")
-    precision = resolve(args.dtype, pick_device(args.device))
+    precision = resolve(args.dtype, world.device(args.device))
     name = f"{args.task}_{model_label(args.model)}_{precision.name}_{dataset}"
-    log = args.out / f"{name}.jsonl"
-    done = {json.loads(line)["key"] for line in log.open()} if log.exists() else set()
+    records = parallel.Records(args.out, name, world.rank)
+    done = {r["key"] for r in records.read()}
     todo = [item for item in items if item["key"] not in done]
-    print(f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(done)} already done, "
-          f"{len(todo)} to run, {args.samples} samples each")  # fmt: skip
-    model, tokenizer = load_for_demo(args) if todo or not log.exists() else (None, None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        for item in tqdm(todo, desc=args.task, unit="item"):
-            out.write(json.dumps(run_item(args.task, item, model, tokenizer, args.samples)) + "\n")
-            out.flush()
+    world.barrier()  # every rank has read what is done before any rank appends
+    ranks = f" on {world.size} ranks" if world.size > 1 else ""
+    say(f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(items) - len(todo)} already "
+        f"done, {len(todo)} to run{ranks}, {args.samples} samples each")  # fmt: skip
+    if todo:
+        run_share(world, args, name, records, todo)
+    if world.rank != 0:
+        return None
     keys = {item["key"] for item in items}
-    records = [r for r in map(json.loads, log.open()) if r["key"] in keys]
+    merged = records.merge([item["key"] for item in items])
     summary = {"task": args.task, "model": str(args.model), "dtype": precision.name, "dataset": dataset, "samples": args.samples,
-               "seconds": time.perf_counter() - started, **paper.summarize(args.task, records)}  # fmt: skip
+               "ranks": world.size, "seconds": time.perf_counter() - started,
+               **paper.summarize(args.task, [r for r in merged if r["key"] in keys])}  # fmt: skip
     (args.out / f"{name}.summary.json").write_text(json.dumps(summary, indent=1))
-    plot(args.task, records, summary, args.out / f"{name}.png")
-    print(summary_line(summary))
+    plot(args.task, [r for r in merged if r["key"] in keys], summary, args.out / f"{name}.png")
+    say(summary_line(summary))
     for key, error in summary["errors"].items():
-        print(f"  item {key} not run: {error}")
-    print(f"wrote {log}, {args.out / (name + '.summary.json')} and {args.out / (name + '.png')}")
+        say(f"  item {key} not run: {error}")
+    say(f"wrote {records.own}, {args.out / (name + '.summary.json')} and {args.out / (name + '.png')}")
     return summary
+
+
+def run_share(world, args, name: str, records, todo: list[dict]) -> None:
+    """Load the model on every rank, then take items from the shared queue, longest first, and
+    append each record as it is finished. A rank that fails tells the others, which stop too."""
+    error, model, tokenizer = None, None, None
+    try:
+        model, tokenizer = load_for_demo(args, world)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (every rank must hear of it, whatever it is)
+        error = f"{type(e).__name__}: {e}"
+    world.check(error, f"loading {args.model}")
+    order = sorted(todo, key=lambda item: -paper.item_cost(args.task, item, tokenizer, args.samples))
+    try:
+        with records.append() as out, tqdm(total=len(order), desc=args.task, unit="item", disable=world.rank != 0) as bar:
+            for ticket in world.tickets(name, len(order)):
+                out.write(json.dumps(run_item(args.task, order[ticket], model, tokenizer, args.samples)) + "\n")
+                out.flush()
+                bar.update(ticket + 1 - bar.n)  # tickets count the items every rank has taken
+    except Exception as e:  # noqa: BLE001
+        error = f"{type(e).__name__}: {e}"
+    world.check(error, "running the items")
 
 
 def model_label(source: str) -> str:
@@ -165,7 +201,7 @@ def markdown_table(out: Path, reference: Path) -> str:
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in summaries:
         if s["task"] in ("counting", "events") and s["run"]:
-            lines.append(f"| {s['task']} | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['auc_completeness']:.3f} | "
+            lines.append(f"| {s['task']} | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['auc_completeness']:.3f} | "
                          f"{s['auc_counterfactual']:.3f} | {s['auc_iou']:.3f} | {s['peak_rate']:.3f} |")  # fmt: skip
     if reference.exists():
         ref = json.loads(reference.read_text())
@@ -179,18 +215,18 @@ def markdown_table(out: Path, reference: Path) -> str:
     lines += ["", "| task | model | dataset | items run | valid | successful | strongly | completely |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         if s["task"] == "sums" and s["run"]:
-            lines.append(f"| sums | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['valid_rate']:.3f} | "
+            lines.append(f"| sums | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['valid_rate']:.3f} | "
                          f"{s['successful_rate']:.3f} | {s['strongly_rate']:.3f} | {s['completely_rate']:.3f} |")  # fmt: skip
     lines += ["", "| task | model | dataset | items run | mean variation | share >= 0.05 | Lipschitz: both | neither | first | second |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in summaries:
         if s["task"] == "interpolation" and s["run"]:
             k = s["mean_lipschitz_by_kind"]
-            lines.append(f"| interpolation | {s['model']} | {s['dataset']} | {s['run']}/{s['items']} | {s['mean_variation']:.3f} | "
+            lines.append(f"| interpolation | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['mean_variation']:.3f} | "
                          f"{s['share_variation_over_0.05']:.3f} | " + " | ".join(f"{k.get(q, float('nan')):.2f}" for q in paper.QUESTION_KINDS) + " |")  # fmt: skip
     lines += ["", "| task | model | dataset | runtime | command |", "|---|---|---|---|---|"]
     for s in summaries:
-        lines.append(f"| {s['task']} | {s['model']} | {s['dataset']} | {s['seconds'] / 60:.0f} min | `{command(s)}` |")
+        lines.append(f"| {s['task']} | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['seconds'] / 60:.0f} min | `{command(s)}` |")
     return "\n".join(lines)
 
 
