@@ -322,6 +322,8 @@ class Attention(nn.Module):
         if quirks.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+        # a place for forward hooks to see the attention weights (B, Hkv, rep, T, S); costs nothing unhooked
+        self.probs = nn.Identity()
 
     def project(self, x):
         if hasattr(self, "qkv_proj"):
@@ -351,7 +353,8 @@ class Attention(nn.Module):
         if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
             scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
         scores = scores + bias[:, None, None]  # + log d_j on visible keys, -inf elsewhere
-        out = scores.softmax(dim=-1).type_as(v) @ v.unsqueeze(2)  # (B, Hkv, rep, T, hd)
+        probs = self.probs(scores.softmax(dim=-1))  # (B, Hkv, rep, T, S), float32
+        out = probs.type_as(v) @ v.unsqueeze(2)  # (B, Hkv, rep, T, hd)
         out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         return self.o_proj(out)
 

@@ -12,6 +12,7 @@ Here:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -32,7 +33,7 @@ def last_logits(
     rule: str = "right",
     batch_size: int | None = None,
     share_prefix: bool = True,
-    progress: bool | str = False,
+    progress: bool | str | Callable[[int, int], None] = False,
 ) -> torch.Tensor:
     """Logits (N, vocab), float32, of the last position for N sweep points.
 
@@ -40,7 +41,8 @@ def last_logits(
     (T,) or (N, T) is shared by all points or given per point; N is the largest leading size.
     Defaults and checks are those of the model's forward. batch_size None: from free memory.
     share_prefix=False runs every token of every point (the reference the tests compare with).
-    progress: a tqdm bar over points (a string is its label).
+    progress: a tqdm bar over points (a string is its label), or a function called with
+    (points done, points) after each batch.
     """
     if (tokens is None) == (embeds is None):
         raise ValueError("give exactly one of tokens= or embeds=")
@@ -73,7 +75,8 @@ def last_logits(
     size = batch_size or auto_batch_size(model, n_points, T - prefix, T)
     out = []
     label = progress if isinstance(progress, str) else "sweep"
-    with tqdm(total=n_points, desc=label, unit="pt", disable=not progress, leave=False) as bar:
+    report = progress if callable(progress) else None
+    with tqdm(total=n_points, desc=label, unit="pt", disable=not progress or report is not None, leave=False) as bar:
         for start in range(0, n_points, size):
             rows = slice(start, min(start + size, n_points))
             n = rows.stop - rows.start
@@ -81,6 +84,8 @@ def last_logits(
             logits = model(**batch, rule=rule, last_only=True, cache=cache.expand(n) if cache else None)
             out.append(logits[:, 0])
             bar.update(n)
+            if report:
+                report(rows.stop, n_points)
     return torch.cat(out)
 
 

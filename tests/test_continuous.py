@@ -133,9 +133,10 @@ def test_last_only(qwen, tokens):
 # ----------------------------------------------------------------------------- rules
 
 
-def slow_reference(model, tokens, positions, durations, rule):
+def slow_reference(model, tokens, positions, durations, rule, weights_out=None):
     """The continuous Qwen2 forward written out with explicit loops over queries and keys, in
-    float64: RoPE applied pair by pair with math.cos/sin at the rule's key position."""
+    float64: RoPE applied pair by pair with math.cos/sin at the rule's key position. If
+    weights_out is a list, each layer's attention weights (H, T, T) are appended to it."""
     cfg = model.config
     sd = {k: v.double() for k, v in model.state_dict().items()}
     hd, H, Hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
@@ -162,6 +163,7 @@ def slow_reference(model, tokens, positions, durations, rule):
         k = (h @ p("self_attn.k_proj.weight").T + p("self_attn.k_proj.bias")).view(-1, Hkv, hd)
         v = (h @ p("self_attn.v_proj.weight").T + p("self_attn.v_proj.bias")).view(-1, Hkv, hd)
         attn = torch.zeros(len(tokens), H, hd, dtype=torch.float64)
+        layer_weights = torch.zeros(H, len(tokens), len(tokens), dtype=torch.float64)
         for i in range(len(tokens)):
             for head in range(H):
                 kv = head // (H // Hkv)
@@ -171,7 +173,10 @@ def slow_reference(model, tokens, positions, durations, rule):
                     for j in range(i + 1)
                 ]
                 weights = torch.tensor(scores, dtype=torch.float64).softmax(0)
+                layer_weights[head, i, : i + 1] = weights
                 attn[i, head] = sum(weights[j] * v[j, kv] for j in range(i + 1))
+        if weights_out is not None:
+            weights_out.append(layer_weights)
         x = x + attn.reshape(len(tokens), -1) @ p("self_attn.o_proj.weight").T
         h = norm(x, p("post_attention_layernorm.weight"))
         x = x + (F.silu(h @ p("mlp.gate_proj.weight").T) * (h @ p("mlp.up_proj.weight").T)) @ p("mlp.down_proj.weight").T
@@ -186,6 +191,24 @@ def test_rule_matches_slow_reference(qwen, tokens, rule):
     ours = qwen(tokens, positions=positions, durations=durations, rule=rule)[0]
     ref = slow_reference(qwen, tokens, positions.tolist(), durations.tolist(), rule)
     assert max_diff(ours.double(), ref) <= 1e-4
+
+
+def test_attention_weights_are_seen_by_a_forward_hook(qwen, tokens):
+    """The named identity module on the attention probabilities: an ordinary forward hook sees
+    each layer's weights (B, Hkv, rep, T, S), equal to the slow reference's, rows summing to 1."""
+    positions, durations = random_timeline(1, T, seed=15)
+    seen = []
+    hooks = [layer.self_attn.probs.register_forward_hook(lambda m, i, out: seen.append(out)) for layer in qwen.model.layers]
+    qwen(tokens, positions=positions, durations=durations)
+    for hook in hooks:
+        hook.remove()
+    expected = []
+    slow_reference(qwen, tokens, positions[0].tolist(), durations[0].tolist(), "right", expected)
+    assert len(seen) == len(expected) == qwen.config.n_layers
+    for probs, reference in zip(seen, expected):
+        heads = probs[0].reshape(qwen.config.n_heads, T, T)  # query head h = kv head * rep + r
+        assert max_diff(heads.double(), reference) <= 1e-5
+        assert max_diff(heads.sum(-1), torch.ones(qwen.config.n_heads, T)) <= 1e-6
 
 
 def test_left_and_midpoint_differ_from_right(qwen, tokens):

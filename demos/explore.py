@@ -1,0 +1,434 @@
+"""Explorer: a local web page where you stretch and shrink tokens with sliders and watch the
+model's answer and its attention change.
+
+    python demos/explore.py                          # the default model, http://127.0.0.1:8000/
+    python demos/explore.py --model qwen2.5-1.5b --port 8001
+
+The model is loaded once; the page (demos/explore.html: one file of HTML, CSS and JavaScript,
+charts drawn as SVG by hand, nothing fetched from anywhere) asks this server for the tokens of a
+prompt, the next-token distribution under a timeline, a batched sweep over a duration or an
+interpolation weight, and the last position's attention weights in one layer. The server binds
+to 127.0.0.1 unless --host says otherwise, reads no file and loads no model on request, bounds
+every input, and runs one computation at a time: a request that a newer one from the same page
+has overtaken while it waited is answered "superseded" without computing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import experiments as ex  # noqa: E402
+from sweep import last_logits  # noqa: E402
+
+PAGE = Path(__file__).with_name("explore.html")
+APPLES = 'Question: In the sentence "apple apple apple apple", how many times is a fruit mentioned? Reply with a single-digit number\nAnswer: '
+MAX_BODY = 64 * 1024  # bytes of a request
+MAX_PROMPT_CHARS = 4000
+MAX_TOKENS = 512
+MAX_DURATION = 100.0
+MAX_POINTS = 200  # of a sweep
+MAX_ANSWERS, MAX_ANSWER_CHARS, MAX_WORD_CHARS = 20, 32, 64
+MAX_REQUESTS = 32  # handled at once; more are answered 503 at once
+TOP = 10
+
+
+class BadRequest(ValueError):
+    """What the page asked for is not possible: answered 400 with the reason."""
+
+
+@dataclass
+class Request:
+    """A validated request: the prompt, its timeline, what to track, what to look at."""
+
+    prompt: str
+    ids: list[int]
+    durations: list[float]
+    keep_positions: bool
+    answers: list[str]
+    layer: int
+    head: int | None  # None: the mean over heads
+    interpolation: dict | None  # {"start", "end", "other", "alpha", "method"}
+
+
+class Explorer:
+    """Every computation the page asks for, on one model, one at a time: JSON-ready data in and out."""
+
+    def __init__(self, model, tokenizer, name: str):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.lock = threading.Lock()  # one computation at a time
+        self.counter = threading.Lock()  # tickets in the order requests arrive
+        self.latest: dict[str, int] = {}  # client -> its newest request's ticket
+        self.tickets = 0
+        self._reference: dict = {}  # the last reference_attention, by its request
+
+    # ------------------------------------------------------------------------- requests
+
+    def info(self) -> dict:
+        cfg = self.model.config
+        return {"model": self.name, "dtype": str(self.model.precision), "layers": cfg.n_layers, "heads": cfg.n_heads,
+                "prompt": APPLES, "answers": ", ".join(ex.DIGITS), "max_tokens": MAX_TOKENS, "max_duration": MAX_DURATION,
+                "max_points": MAX_POINTS}  # fmt: skip
+
+    def tokenize(self, body: dict) -> dict:
+        prompt = _prompt(body)
+        ids, offsets = self.tokenizer.encode_with_offsets(prompt)
+        _check_length(ids)
+        texts = [self.tokenizer.decode([i]) for i in ids]
+        return {"tokens": [{"id": i, "text": t, "start": a, "end": b} for i, t, (a, b) in zip(ids, texts, offsets)]}
+
+    def predict(self, body: dict) -> dict:
+        """The next-token distribution under the page's timeline (or interpolation), the top
+        tokens and the tracked answers, and the last position's attention: now, and before the
+        change (every duration 1; in interpolation mode, the first word)."""
+        request = self.parse(body)
+        inputs, labels = self.inputs(request, [request.interpolation["alpha"]] if request.interpolation else None)
+        logits, after = self.forward_with_attention(inputs, request)
+        p = logits.float().softmax(-1)
+        top = p.topk(TOP)
+        probs, other = ex.answer_probs(logits[None], self.tokenizer, request.answers)
+        return {
+            "top": [[self.tokenizer.decode([i]), v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
+            "answers": dict(zip(request.answers, probs[0].tolist())),
+            "other": other.item(),
+            "top_answer": request.answers[int(probs[0].argmax())],
+            "positions": inputs["positions"][0].tolist(),
+            "durations": inputs["durations"][0].tolist(),
+            "labels": labels,
+            "attention": {"before": self.reference_attention(request), "after": after},
+            "code": self.code(request, inputs),
+        }
+
+    def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, dict]:
+        """(request, swept values, model inputs of every point), all checked before anything runs."""
+        request = self.parse(body)
+        points = _number(body, "points", 2, MAX_POINTS, integer=True)
+        if request.interpolation:
+            xs = torch.linspace(0.0, 1.0, points)
+            return request, xs, self.inputs(request, xs.tolist())[0]
+        selected = _indices(body.get("selected"), len(request.ids))
+        if not selected:
+            raise BadRequest("select the tokens whose duration the sweep changes")
+        low, high = _number(body, "low", 0.0, MAX_DURATION), _number(body, "high", 0.0, MAX_DURATION)
+        xs = torch.linspace(low, high, points)
+        durations = torch.tensor(request.durations).repeat(points, 1)
+        durations[:, selected] = xs[:, None]
+        return request, xs, {"tokens": torch.tensor(request.ids), **place(durations, request.keep_positions)}
+
+    def sweep(self, plan, progress) -> dict:
+        """The tracked answers along a sweep of the selected tokens' duration (or of the
+        interpolation weight), batched by sweep.last_logits; progress(done, total) per batch."""
+        request, xs, inputs = plan
+        logits = last_logits(self.model, **inputs, progress=progress)
+        probs, other = ex.answer_probs(logits, self.tokenizer, request.answers)
+        return {"x": xs.tolist(), "curves": {a: probs[:, i].tolist() for i, a in enumerate(request.answers)}, "other": other.tolist()}
+
+    # ------------------------------------------------------------------------- pieces
+
+    def parse(self, body: dict) -> Request:
+        prompt = _prompt(body)
+        ids = self.tokenizer.encode(prompt)
+        _check_length(ids)
+        durations = body.get("durations")
+        if durations is None:
+            durations = [1.0] * len(ids)
+        if not isinstance(durations, list) or len(durations) != len(ids):
+            raise BadRequest(f"durations must be a list of {len(ids)} numbers, one per token of the prompt")
+        for i, d in enumerate(durations):
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= MAX_DURATION:
+                raise BadRequest(f"durations[{i}] = {d!r} is not a number in [0, {MAX_DURATION:g}]")
+        answers = body.get("answers")
+        if not isinstance(answers, list) or not answers or len(answers) > MAX_ANSWERS:
+            raise BadRequest(f"answers must be a list of 1 to {MAX_ANSWERS} texts (alternatives joined by |)")
+        if any(not isinstance(a, str) or not a.strip() or len(a) > MAX_ANSWER_CHARS for a in answers):
+            raise BadRequest(f"each answer must be a text of 1 to {MAX_ANSWER_CHARS} characters")
+        cfg = self.model.config
+        layer = int(_number(body, "layer", 0, cfg.n_layers - 1, integer=True))
+        head = body.get("head")
+        if head is not None:
+            head = int(_number(body, "head", 0, cfg.n_heads - 1, integer=True))
+        return Request(prompt, ids, [float(d) for d in durations], bool(body.get("keep_positions", False)),
+                       [a.strip() for a in answers], layer, head, self.parse_interpolation(body, prompt))  # fmt: skip
+
+    def parse_interpolation(self, body: dict, prompt: str) -> dict | None:
+        spec = body.get("interpolation")
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            raise BadRequest("interpolation must be an object {start, end, other, alpha, method}")
+        start = _number(spec, "start", 0, len(prompt), integer=True)
+        end = _number(spec, "end", start + 1, len(prompt), integer=True)
+        other = spec.get("other")
+        if not isinstance(other, str) or not other.strip() or len(other) > MAX_WORD_CHARS:
+            raise BadRequest(f"the second word must be a text of 1 to {MAX_WORD_CHARS} characters")
+        method = spec.get("method", "linear")
+        if method not in ("linear", "slerp"):
+            raise BadRequest("method must be linear or slerp")
+        return {"start": int(start), "end": int(end), "other": other, "alpha": _number(spec, "alpha", 0.0, 1.0), "method": method}
+
+    def inputs(self, request: Request, alphas: list[float] | None) -> tuple[dict, list[str]]:
+        """Model inputs (a batch of one, or of len(alphas) interpolation points) and a label
+        per position: the prompt's tokens, or with a word swapped, its aligned segments."""
+        if request.interpolation is None:
+            durations = torch.tensor([request.durations])
+            labels = [self.tokenizer.decode([i]) for i in request.ids]
+            return {"tokens": torch.tensor(request.ids), **place(durations, request.keep_positions)}, labels
+        spec, template, word = request.interpolation, self.template(request), self.word(request)
+        swap = ex.word_swap(self.model, self.tokenizer, template, word, spec["other"])
+        embeds = swap.embeds(alphas, spec["method"])
+        n = len(swap.seg_a)
+        left = [self.tokenizer.decode([i]) for i in self.tokenizer.encode(template.format(word))[: len(swap.left)]]
+        right = [self.tokenizer.decode([i]) for i in self.tokenizer.encode(template.format(word))[len(swap.left) + n :]]
+        labels = left + [f"{word} → {spec['other']}"] * n + right
+        timeline = place(swap.durations[None].expand(len(alphas), -1), request.keep_positions)
+        return {"embeds": embeds, **timeline}, labels
+
+    @staticmethod
+    def word(request: Request) -> str:
+        return request.prompt[request.interpolation["start"] : request.interpolation["end"]]
+
+    @staticmethod
+    def template(request: Request) -> str:
+        """The prompt with {} where the interpolated word goes (other braces escaped)."""
+        escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731
+        spec = request.interpolation
+        return escape(request.prompt[: spec["start"]]) + "{}" + escape(request.prompt[spec["end"] :])
+
+    def forward_with_attention(self, inputs: dict, request: Request) -> tuple[torch.Tensor, list[float]]:
+        """Last-position logits (vocab,) and the last query's attention weights over the keys in
+        request.layer (one head, or the mean over heads), through a forward hook."""
+        seen = []
+        hook = self.model.model.layers[request.layer].self_attn.probs.register_forward_hook(lambda m, i, out: seen.append(out))
+        try:
+            logits = self.model(**inputs, last_only=True)[0, -1]
+        finally:
+            hook.remove()
+        weights = seen[0][0, :, :, -1].reshape(self.model.config.n_heads, -1)  # (heads, keys)
+        row = weights.mean(0) if request.head is None else weights[request.head]
+        return logits, row.tolist()
+
+    def reference_attention(self, request: Request) -> list[float]:
+        """The attention the page compares with: every duration 1, or in interpolation mode the
+        first word (alpha 0). Kept for the page's current prompt and layer."""
+        unchanged = replace(request, durations=[1.0] * len(request.ids), keep_positions=False,
+                            interpolation=request.interpolation and {**request.interpolation, "alpha": 0.0})  # fmt: skip
+        key = repr(unchanged)
+        if key not in self._reference:
+            inputs, _ = self.inputs(unchanged, [0.0] if unchanged.interpolation else None)
+            self._reference = {key: self.forward_with_attention(inputs, unchanged)[1]}  # the page's current view only
+        return self._reference[key]
+
+    def code(self, request: Request, inputs: dict) -> str:
+        """Python that computes what the page shows, with contgpt as a library."""
+        rounded = lambda t: [round(v, 6) for v in t[0].tolist()]  # noqa: E731
+        lines = ["import torch", "from load import load", "import experiments as ex", "",
+                 f"model, tokenizer = load({self.name!r}, dtype={self.model.precision.name!r})",
+                 f"prompt = {request.prompt!r}"]  # fmt: skip
+        if request.interpolation:
+            spec = request.interpolation
+            lines += [f"template = {self.template(request)!r}  # the prompt, {{}} where the word goes",
+                      f"swap = ex.word_swap(model, tokenizer, template, {self.word(request)!r}, {spec['other']!r})",
+                      f"embeds = swap.embeds([{spec['alpha']}], {spec['method']!r})"]  # fmt: skip
+            call = "embeds=embeds"
+        else:
+            lines.append("tokens = torch.tensor(tokenizer.encode(prompt))")
+            call = "tokens"
+        lines += [f"positions = torch.tensor({rounded(inputs['positions'])})",
+                  f"durations = torch.tensor({rounded(inputs['durations'])})",
+                  f"logits = model({call}, positions=positions, durations=durations, last_only=True)",
+                  f"probs, other = ex.answer_probs(logits[:, -1], tokenizer, {request.answers!r})",
+                  "print(dict(zip(" + repr(request.answers) + ", probs[0].tolist())))"]  # fmt: skip
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------- one at a time
+
+    def run(self, client: str, compute):
+        """compute() under the model's lock, unless a newer request from this client (page and
+        endpoint) arrived while this one waited: then None (superseded), without computing."""
+        with self.counter:
+            self.tickets += 1
+            ticket = self.latest[client] = self.tickets
+        with self.lock:
+            if self.latest.get(client) != ticket:
+                return None
+            with torch.no_grad():
+                return compute()
+
+
+def place(durations: torch.Tensor, keep_positions: bool) -> dict:
+    """Positions for (N, T) durations: tokens after a changed one shift (positions are the
+    running sum of the durations, minus 1: the README's convention), or keep 0..T-1."""
+    if keep_positions:
+        positions = torch.arange(durations.shape[1], dtype=torch.float32).expand(durations.shape[0], -1)
+    else:
+        positions = durations.cumsum(1) - 1
+    return {"positions": positions, "durations": durations}
+
+
+def _prompt(body: dict) -> str:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt or len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"prompt must be a text of 1 to {MAX_PROMPT_CHARS} characters")
+    return prompt
+
+
+def _check_length(ids: list[int]) -> None:
+    if len(ids) > MAX_TOKENS:
+        raise BadRequest(f"the prompt has {len(ids)} tokens; the explorer takes at most {MAX_TOKENS}")
+
+
+def _number(body: dict, key: str, low: float, high: float, integer: bool = False):
+    value = body.get(key)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not low <= value <= high:
+        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'} in [{low:g}, {high:g}], not {value!r}")
+    return value
+
+
+def _indices(value, n: int) -> list[int]:
+    if not isinstance(value, list) or len(value) > n:
+        raise BadRequest("selected must be a list of token indices")
+    for i in value:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+            raise BadRequest(f"selected token index {i!r} is not a token of the prompt (0 to {n - 1})")
+    return sorted(set(value))
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+def handler_for(explorer: Explorer):
+    slots = threading.BoundedSemaphore(MAX_REQUESTS)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "contgpt-explorer"
+
+        def do_GET(self):
+            if self.path == "/":
+                return self.send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
+            if self.path == "/api/info":
+                return self.send_json(HTTPStatus.OK, explorer.info())
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path[:100]!r}"})
+
+        def do_POST(self):
+            if not slots.acquire(blocking=False):
+                return self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests at once; try again"})
+            try:
+                self.post()
+            finally:
+                slots.release()
+
+        def post(self):
+            routes = {"/api/tokenize": explorer.tokenize, "/api/predict": explorer.predict, "/api/sweep": None}
+            if self.path not in routes:
+                return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path[:100]!r}"})
+            try:
+                body = self.read_body()
+                client = f"{str(body.get('client', ''))[:64]}{self.path}"
+                if self.path == "/api/sweep":
+                    return self.stream_sweep(explorer.sweep_plan(body), client)
+                result = explorer.run(client, lambda: routes[self.path](body))
+            except BadRequest as e:
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except ValueError as e:  # the library's own checks (a token that sees no key, a word with no token...)
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            self.send_json(HTTPStatus.OK, {"superseded": True} if result is None else result)
+
+        def read_body(self) -> dict:
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                raise BadRequest("a request needs a Content-Length") from None
+            if not 0 < length <= MAX_BODY:
+                self.close_connection = True
+                raise BadRequest(f"a request body must be 1 to {MAX_BODY} bytes, not {length}")
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw, parse_constant=_refuse_constant)
+            except (ValueError, RecursionError) as e:
+                raise BadRequest(f"the request is not valid JSON ({e})") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the request must be a JSON object")
+            return body
+
+        def stream_sweep(self, plan, client: str):
+            """One JSON object per line: progress, then the result (or an error). The plan was
+            checked before: bad input is a 400, not a stream."""
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.close_connection = True
+            write = lambda data: (self.wfile.write((json.dumps(data) + "\n").encode()), self.wfile.flush())  # noqa: E731
+            started = time.perf_counter()
+            try:
+                result = explorer.run(client, lambda: explorer.sweep(plan, lambda done, total: write({"done": done, "total": total})))
+            except ValueError as e:
+                return write({"error": str(e)})
+            write({"superseded": True} if result is None else {**result, "seconds": time.perf_counter() - started})
+
+        def send_json(self, status, data):
+            self.send(status, json.dumps(data).encode(), "application/json")
+
+        def send(self, status, body: bytes, kind: str):
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def _refuse_constant(name: str):
+    raise BadRequest(f"{name} is not a number the explorer takes")
+
+
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    """A server for the page, not yet serving (call serve_forever, or run it in a thread)."""
+    server = ThreadingHTTPServer((host, port), handler_for(explorer))
+    server.daemon_threads = True
+    return server
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; anything but 127.0.0.1 opens the model to the network")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    args = parser.parse_args(argv)
+    model, tokenizer = ex.load_for_demo(args)
+    try:
+        server = serve(Explorer(model, tokenizer, args.model), args.host, args.port)
+    except OSError as e:
+        raise SystemExit(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from e
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"WARNING: listening on {args.host}: anyone who can reach this machine can use the model", file=sys.stderr)
+    host, port = server.server_address[:2]
+    print(f"explorer: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
