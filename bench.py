@@ -204,7 +204,49 @@ def worker_paper(args) -> dict:
     return out
 
 
-WORKERS = {"peak": worker_peak, "contgpt": worker_contgpt, "paper": worker_paper}
+SHAPES = {  # configs of real models; random weights cost the same to run as trained ones
+    "qwen2.5-0.5b": dict(family="qwen2", vocab_size=151936, dim=896, hidden_dim=4864, n_layers=24, n_heads=14,
+                         n_kv_heads=2, head_dim=64, rope_theta=1e6),
+    "llama-2-7b": dict(family="llama", vocab_size=32000, dim=4096, hidden_dim=11008, n_layers=32, n_heads=32,
+                       n_kv_heads=32, head_dim=128),
+}  # fmt: skip
+
+
+def worker_shapes(args) -> dict:
+    """Seconds per item of the reproduction's counting task (40 points of a 30-token prompt, the
+    last 24 tokens shrunk) for models of real shapes with random weights, on this machine's
+    device ("auto": the GPU if there is one) and dtype: what a rank of a torchrun job spends
+    per item, for planning a run at scale."""
+    from contgpt import Config, Transformer
+    from precision import pick_device, resolve
+    from sweep import last_logits
+
+    device = pick_device("auto")
+    chosen = resolve(args.dtype if args.dtype != "all" else "auto", device)
+    out = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else machine()), "dtype": chosen.name}
+    tokens = torch.randint(0, 30000, (30,), device=device)
+    durations = torch.ones(40, 30)
+    durations[:, 6:] = torch.linspace(0.1, 1.0, 40)[:, None]
+    for name, shape in SHAPES.items():
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(chosen.compute)  # built in its dtype: a float32 7B would not fit in 24 GB
+        try:
+            with torch.device(device):
+                model = Transformer(Config(**shape)).eval()
+        finally:
+            torch.set_default_dtype(default)
+        sweep = lambda m=model: last_logits(m, tokens, durations=durations.to(device))  # noqa: E731
+        sweep()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        median, times, _ = timed(lambda: (sweep(), torch.cuda.synchronize() if device.type == "cuda" else None), args.repeats)
+        flops = sweep_flops(model.config, 30, 6, 40)
+        out[name] = {"seconds_per_item": median, "times_s": times, "tflops": flops / median / 1e12}
+        model = sweep = None  # free it before the next one
+    return out
+
+
+WORKERS = {"peak": worker_peak, "contgpt": worker_contgpt, "paper": worker_paper, "shapes": worker_shapes}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -220,6 +262,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each contgpt measurement")
     parser.add_argument("--paper-repeats", type=int, default=1, help="repeats of each paper-method sweep (a minute each)")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper's method (the slowest part)")
+    parser.add_argument("--shapes", action="store_true",
+                        help="only time one reproduction item on random-weight models of real shapes, on the GPU if any")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,6 +273,13 @@ def main():
     from parallel import refuse_distributed
 
     refuse_distributed("bench.py", "a benchmark measures one process on one machine")
+    if args.shapes:
+        result = worker_shapes(args)
+        print(json.dumps(result, indent=1))
+        for name in SHAPES:
+            print(f"{name}: {result[name]['seconds_per_item'] * 1e3:.1f} ms per counting item ({result[name]['tflops']:.1f} TFLOP/s) "
+                  f"on {result['device']}, {result['dtype']}")  # fmt: skip
+        return
     dtypes, skipped = offered_dtypes(args.dtype)
     results = {"date": date.today().isoformat(), "machine": machine(), "model": args.model, "dtypes": dtypes, "skipped": skipped}
     jobs = [("peak", "float32")] + [("contgpt", d) for d in dtypes]
