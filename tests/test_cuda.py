@@ -38,7 +38,8 @@ def test_int8_runs_or_falls_back_with_a_message(tiny_dir):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_float32_on_the_gpu_matches_transformers_on_the_cpu(tiny_dir, name):
-    """Measured on an H100: up to 2e-6 (float32 matmuls, no TF32); tolerance 1e-4."""
+    """Measured on an H100 (torch 2.11): up to 3.2e-5 (llama_tied; float32 matmuls, no TF32);
+    tolerance 1e-4."""
     path = tiny_dir(name)
     model, _ = load(path, dtype="float32", device=GPU)
     assert model.device.type == "cuda" and all(p.device.type == "cuda" for p in model.parameters())
