@@ -16,6 +16,8 @@ durations, computes exactly the ordinary model. How it differs from an ordinary 
    generation can continue a prefix that lives on a continuous timeline.
 5. Mistral, Qwen2, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
    few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
+6. The attention weights pass through a named identity module (`self_attn.probs`), so ordinary
+   forward hooks can watch them (the explorer does) at no cost when none is registered.
 
 Sliding windows count tokens (sequence indices), as in the discrete models, not units of time.
 
