@@ -290,7 +290,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1500"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1900"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
