@@ -662,11 +662,11 @@ def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
     given = torch.as_tensor(value, device=device)
     if not (given.dtype.is_floating_point or given.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)):
         raise ValueError(f"{name} must be real numbers, not {given.dtype}")
+    if given.dim() not in (1, 2) or given.shape[-1] != T:
+        raise ValueError(f"{name} must have shape ({T},) or (B, {T}) to match the input, not {tuple(given.shape)}")
     value = given.to(torch.float32)
     if value.dim() == 1:
         value, given = value[None], given[None]
-    if value.dim() != 2 or value.shape[1] != T:
-        raise ValueError(f"{name} must have shape ({T},) or (B, {T}) to match the input, not {tuple(value.shape)}")
     if value.shape[0] == 0:
         raise ValueError(f"{name} hold an empty batch {tuple(value.shape)}")
     if bad := _first((given > 0) & (value == 0)):  # float64 below 1.4e-45: 0 would hide the token

@@ -256,7 +256,7 @@ def test_rope_angles_are_float32_from_real_positions_in_any_dtype(qwen, tokens):
          r"key positions \(rule 'left': position - duration\) must lie within .* at \[0, 2\]"),
         (dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([3e38, 1.0, 1.0]), rule="midpoint"),
          r"key positions \(rule 'midpoint': position - duration / 2\) must lie within .* at \[0, 0\]"),
-        (dict(positions=torch.zeros(4)), r"positions must have shape \(3,\) or \(B, 3\)"),
+        (dict(positions=torch.zeros(4)), r"positions must have shape \(3,\) or \(B, 3\) to match the input, not \(4,\)"),
         (dict(durations=torch.ones(2, 3, 1)), r"durations must have shape"),
         (dict(durations=torch.ones(0, 3)), r"durations hold an empty batch \(0, 3\)"),
         (dict(durations=torch.tensor([True, True, True])), r"durations must be real numbers, not torch.bool"),

@@ -1,7 +1,9 @@
 """Precision: "auto" decided from the hardware (detection forced both ways), explicit dtypes
 honoured, int8 weights close to float32, memory maps kept, and bf16 on the real default model."""
 
+import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -16,10 +18,12 @@ from precision import Int8Embedding, Int8Linear, quantize_int8
 def detection(monkeypatch):
     """Force what the CPU reports: detection(flags, measured bf16 speed-up over float32)."""
 
-    def force(flags, speedup):
+    def force(flags, speedup, int8_speedup=1.0):
+        """int8_speedup: what the int8 kernel measures with bf16 activations over float32."""
         precision.cpu_bf16.cache_clear()
         monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
         monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: speedup)
+        monkeypatch.setattr(precision, "measured_int8_bf16_speedup", lambda: int8_speedup)
 
     yield force
     precision.cpu_bf16.cache_clear()
@@ -65,12 +69,35 @@ def test_the_real_probe_agrees_with_the_real_flags():
 
 
 def test_int8_activations_follow_the_hardware(detection):
-    detection({"avx512_bf16"}, 2.0)
+    detection({"avx512_bf16"}, 2.0, int8_speedup=0.5)  # native bf16: no probe of the int8 kernel is needed
     assert precision.resolve("int8", CPU).compute == torch.bfloat16
-    detection({"avx2"}, 2.0)
+    detection({"avx2"}, 2.0, int8_speedup=1.0)
     with pytest.warns(UserWarning, match="generic kernel"):
         chosen = precision.resolve("int8", CPU)
     assert chosen.int8 and chosen.compute == torch.float32
+
+
+def test_int8_takes_bf16_activations_where_its_kernel_measures_them_faster(detection):
+    """No native bf16, but torch's int8 kernel runs its bf16 path fast (as on AVX2 CPUs)."""
+    detection({"avx2"}, 0.01, int8_speedup=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about a slow kernel
+        chosen = precision.resolve("int8", CPU)
+    assert chosen.int8 and chosen.compute == torch.bfloat16
+    assert "no bf16 instructions" in chosen.reason and "10.0x faster with bf16 activations" in chosen.reason
+    assert precision.resolve("auto", CPU).compute == torch.float32  # the rest of the model stays float32
+
+
+def test_the_real_int8_probe_decides_the_real_activations():
+    precision.cpu_bf16.cache_clear()
+    speedup = precision.measured_int8_bf16_speedup()
+    assert math.isfinite(speedup) and speedup > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen = precision.resolve("int8", CPU)
+    fast = precision.cpu_bf16()[0]
+    expected = torch.bfloat16 if fast or speedup >= precision.MIN_BF16_SPEEDUP else torch.float32
+    assert chosen.compute == expected, chosen
 
 
 def test_int8_falls_back_with_a_message_where_the_kernel_is_missing(detection, monkeypatch):
@@ -114,21 +141,27 @@ def test_quantize_int8_rounds_each_weight_to_half_a_step():
     assert torch.equal(q[5], torch.zeros(96, dtype=torch.int8)) and scales[5] == 0
 
 
-def int8_model(path, monkeypatch):
-    """int8 with float32 activations (the kernel's portable path), whatever this CPU has."""
+def int8_model(path, monkeypatch, activations="float32"):
+    """int8 with float32 activations (the kernel's portable path) or bf16 ones, whatever this CPU has."""
     precision.cpu_bf16.cache_clear()
     monkeypatch.setattr(precision, "cpu_bf16", lambda: (False, "forced"))
-    with pytest.warns(UserWarning, match="generic kernel"):
-        return load(path, dtype="int8")[0]
+    monkeypatch.setattr(precision, "measured_int8_bf16_speedup", lambda: 1.0 if activations == "float32" else 10.0)
+    if activations == "float32":
+        with pytest.warns(UserWarning, match="generic kernel"):
+            return load(path, dtype="int8")[0]
+    model = load(path, dtype="int8")[0]
+    assert model.dtype == getattr(torch, activations)
+    return model
 
 
+@pytest.mark.parametrize("activations", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["qwen2", "llama_tied", "phi3"])
-def test_int8_logits_are_close_to_float32(tiny_dir, monkeypatch, name):
+def test_int8_logits_are_close_to_float32(tiny_dir, monkeypatch, name, activations):
     """Every linear layer int8, per output channel. Measured on these random models: largest
     logit difference 1.9% (qwen2), 2.8% (llama_tied), 2.1% (phi3) of the logits' spread
-    (max - min); tolerance 5%."""
+    (max - min) with float32 activations, 1.9%, 3.5% and 2.4% with bf16 ones; tolerance 5%."""
     path = tiny_dir(name)
-    reference, model = load(path, dtype="float32")[0], int8_model(path, monkeypatch)
+    reference, model = load(path, dtype="float32")[0], int8_model(path, monkeypatch, activations)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert not linears and any(isinstance(m, Int8Linear) for m in model.modules())
     tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
