@@ -297,7 +297,7 @@ class BPETokenizer(Tokenizer):
     def from_vocab(cls, vocab: dict[str, int], merges: list, specials: dict[str, int], pattern: str, **kw):
         """From a GPT-2-style vocabulary (strings in bytes_to_unicode characters) and merges."""
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
-        raw = lambda token: bytes(byte_of[c] for c in token)  # noqa: E731
+        raw = lambda token: bytes(map(byte_of.__getitem__, token))  # noqa: E731
         order = [bytes_to_unicode()[b] for b in range(256)]
         if not any(t in vocab for t in order):
             raise ValueError("not a byte-level BPE vocabulary: none of the 256 byte tokens is in it")
@@ -309,11 +309,12 @@ class BPETokenizer(Tokenizer):
         unknown = [t for t in order[256:] if t not in vocab]
         if unknown:
             raise ValueError(f"merge result {unknown[0]!r} is not in the vocabulary")
-        ranks = {raw(token): r for r, token in enumerate(order)}
+        raws = {token: raw(token) for token in order}  # each token's bytes, once (151k of them in Qwen2)
+        ranks = {raws[token]: r for r, token in enumerate(order)}
         # a byte the vocabulary lacks (never seen in training) keeps a rank for tiktoken but has
         # no id: it is dropped, as Hugging Face's BPE drops a byte it cannot look up
         # decode any id, also one no merge can produce (unused entries) or one outside the alphabet
-        pieces = {i: raw(t) if set(t) <= byte_of.keys() else t.encode() for t, i in vocab.items()}
+        pieces = {i: raws[t] if t in raws else raw(t) if set(t) <= byte_of.keys() else t.encode() for t, i in vocab.items()}
         return cls(ranks, [vocab.get(t) for t in order], specials, pattern, pieces=pieces, **kw)
 
 
