@@ -121,8 +121,10 @@ def measured_bf16_speedup(n: int = 256, repeats: int = 10) -> float:
     """float32 time / bfloat16 time of an n x n x n matmul, best of `repeats` each (a few ms;
     the best, since another process on the machine can only make a run slower)."""
 
+    g = torch.Generator().manual_seed(0)  # the user's random state is none of a probe's business
+
     def best(dtype):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
         a @ b  # the first call may build kernels
         times = []
         for _ in range(repeats):
@@ -151,10 +153,11 @@ def int8_activations(device: torch.device, fast: bool, why: str) -> tuple[torch.
 def measured_int8_bf16_speedup(rows: int = 8, n: int = 512, repeats: int = 5) -> float:
     """float32-activation time / bf16-activation time of torch's int8 weight kernel on a
     (rows, n) x (2n, n) product, best of `repeats` each (a few milliseconds)."""
-    weights = torch.randint(-127, 128, (2 * n, n), dtype=torch.int8)
+    g = torch.Generator().manual_seed(0)  # the user's random state is none of a probe's business
+    weights = torch.randint(-127, 128, (2 * n, n), dtype=torch.int8, generator=g)
 
     def best(dtype):
-        x, scales = torch.randn(rows, n, dtype=dtype), torch.rand(2 * n, dtype=dtype)
+        x, scales = torch.randn(rows, n, dtype=dtype, generator=g), torch.rand(2 * n, dtype=dtype, generator=g)
         torch.ops.aten._weight_int8pack_mm(x, weights, scales)  # the first call may pack or build kernels
         times = []
         for _ in range(repeats):
