@@ -273,6 +273,7 @@ def main():
         print(json.dumps(WORKERS[args.worker](args)))
         return
     from parallel import refuse_distributed
+    from precision import cpu_bf16
 
     refuse_distributed("bench.py", "a benchmark measures one process on one machine")
     if args.shapes:
@@ -286,7 +287,7 @@ def main():
     results = {"date": date.today().isoformat(), "machine": machine(), "model": args.model, "dtypes": dtypes, "skipped": skipped}
     jobs = [("peak", "float32")] + [("contgpt", d) for d in dtypes]
     if not args.no_paper:  # in bfloat16 too where it is native (emulated, it would take hours and tell nothing)
-        jobs += [("paper", d) for d in ["float32"] + (["bfloat16"] if "bfloat16" in offered_dtypes("all")[0] else [])]
+        jobs += [("paper", d) for d in ["float32"] + (["bfloat16"] if cpu_bf16()[0] else [])]
     for worker, dtype in jobs:
         print(f"running {worker} {dtype} ...", flush=True)
         command = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--dtype", dtype,

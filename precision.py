@@ -117,21 +117,25 @@ def cpu_flags() -> set[str] | None:
     return None
 
 
-def measured_bf16_speedup(n: int = 256, repeats: int = 10) -> float:
-    """float32 time / bfloat16 time of an n x n x n matmul, best of `repeats` each (a few ms;
-    the best, since another process on the machine can only make a run slower)."""
+def fastest(op, repeats: int) -> float:
+    """Seconds of op's fastest run after one warm-up call (which may build or pack kernels): the
+    fastest, since another process on the machine can only make a run slower."""
+    op()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        op()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
+
+def measured_bf16_speedup(n: int = 256, repeats: int = 10) -> float:
+    """float32 time / bfloat16 time of an n x n x n matmul, best of `repeats` each (a few ms)."""
     g = torch.Generator().manual_seed(0)  # the user's random state is none of a probe's business
 
     def best(dtype):
         a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-        a @ b  # the first call may build kernels
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return fastest(lambda: a @ b, repeats)
 
     return best(torch.float32) / best(torch.bfloat16)
 
@@ -158,13 +162,7 @@ def measured_int8_bf16_speedup(rows: int = 8, n: int = 512, repeats: int = 5) ->
 
     def best(dtype):
         x, scales = torch.randn(rows, n, dtype=dtype, generator=g), torch.rand(2 * n, dtype=dtype, generator=g)
-        torch.ops.aten._weight_int8pack_mm(x, weights, scales)  # the first call may pack or build kernels
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.ops.aten._weight_int8pack_mm(x, weights, scales)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return fastest(lambda: torch.ops.aten._weight_int8pack_mm(x, weights, scales), repeats)
 
     return best(torch.float32) / best(torch.bfloat16)
 
