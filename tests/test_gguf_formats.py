@@ -1,4 +1,4 @@
-"""GGML block formats (quants.py): every format against llama.cpp's gguf package bit for bit, and
+"""GGML block formats (gguf_file.py): every format against llama.cpp's gguf package bit for bit, and
 Q4_K and Q6_K against blocks built here from the format's definition (ggml's block_q4_K and
 block_q6_K and their dequantize_row_* loops), with values chosen so that float32 is exact."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from quants import FORMATS, dequantize, dequantize_rows
+from gguf_file import FORMATS, dequantize, dequantize_rows
 
 
 def random_blocks(kind: str, rows: int, blocks_per_row: int, rng) -> np.ndarray:
@@ -41,9 +41,9 @@ def test_every_format_equals_the_gguf_package(kind):
 
 
 def test_rows_come_in_whole_pieces_and_cover_the_tensor(monkeypatch):
-    import quants
+    import gguf_file
 
-    monkeypatch.setattr(quants, "CHUNK_VALUES", 600)  # two rows of 256 per piece
+    monkeypatch.setattr(gguf_file, "CHUNK_VALUES", 600)  # two rows of 256 per piece
     raw = random_blocks("Q6_K", rows=5, blocks_per_row=1, rng=np.random.default_rng(0)).tobytes()
     pieces = list(dequantize_rows(raw, 0, "Q6_K", (5, 256)))
     assert [rows for rows, _ in pieces] == [slice(0, 2), slice(2, 4), slice(4, 5)]
