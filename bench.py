@@ -79,7 +79,7 @@ def worker_peak(args) -> dict:
     """GFLOP/s of the model's MLP shapes in float32, bfloat16 (where it is native) and with
     torch's int8 weight kernel (with the activations int8 runs with here): the fastest of
     several runs, best shape."""
-    from precision import quantize_int8
+    from int8 import quantize_int8
 
     rates = {}
     dtypes, _ = offered_dtypes("all")
@@ -101,7 +101,8 @@ def worker_peak(args) -> dict:
 
 
 def worker_contgpt(args) -> dict:
-    from experiments import answer_probs, n_parameters
+    from demos.cli import n_parameters
+    from experiments import answer_probs
     from load import fetch_model, load
     from sweep import last_logits
 

@@ -1,5 +1,5 @@
 """The paper's experiments as a toolkit: spans, timelines, tracked answers, interpolation,
-metrics, plots, and the small amount of plumbing every demo shares.
+metrics and plots (the demos' command-line plumbing is demos/cli.py).
 
 Conventions: a sweep has N points; a timeline is (positions, durations), each (N, T); curves are
 next-token probabilities at the last position, one per tracked answer, plus "other" (the mass
@@ -8,12 +8,9 @@ on every untracked token).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,8 +220,8 @@ def answer_probs(logits: torch.Tensor, tokenizer, answers: list[str]) -> tuple[t
     return probs, 1 - p[:, sorted(tracked)].sum(-1)
 
 
-def sweep(model, tokenizer, answers, x, xlabel, progress=True, meta=None, **inputs) -> Curves:
-    """Run a batched sweep (sweep.last_logits) and track answers along it."""
+def answer_curves(model, tokenizer, answers, x, xlabel, progress=True, meta=None, **inputs) -> Curves:
+    """Run a batched sweep (sweep.last_logits) and track answers along it: a Curves over x."""
     logits = last_logits(model, progress=progress, **inputs)
     probs, other = answer_probs(logits, tokenizer, answers)
     return Curves([float(v) for v in x], xlabel, list(answers), probs, other, meta or {})
@@ -237,7 +234,7 @@ def digit_sweep(model, tokenizer, ids: list[int], span: list[int], samples: int,
     """The span shrunk to c for c in linspace(0.1, 1, samples), the digits 0-9 tracked."""
     cs = torch.linspace(0.1, 1.0, samples)
     positions, durations = shrink(len(ids), span, cs)
-    return sweep(model, tokenizer, DIGITS, cs, "duration c", tokens=torch.tensor(ids), positions=positions,
+    return answer_curves(model, tokenizer, DIGITS, cs, "duration c", tokens=torch.tensor(ids), positions=positions,
                  durations=durations, meta={"span": span, **meta})  # fmt: skip
 
 
@@ -315,71 +312,6 @@ def save_json(data: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
     return path
-
-
-# ----------------------------------------------------------------------------- demo plumbing
-
-
-def demo_parser(description: str, samples: int) -> argparse.ArgumentParser:
-    """The options every demo takes: --model, --dtype, --device, --samples, --out."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_model_options(parser)
-    parser.add_argument("--samples", type=int, default=samples, help="points along the swept factor")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNG and JSON results")
-    return parser
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from precision import DTYPES
-
-    parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES,
-                        help="auto: bfloat16 where the hardware multiplies it natively, else float32")  # fmt: skip
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one")
-
-
-def load_for_demo(args: argparse.Namespace, world=None):
-    """(model, tokenizer) from the --model, --dtype and --device options, with the load time and
-    the chosen dtype (and why) printed; a model without tokenizer is an error. A demo is one
-    process (it refuses to run under torchrun); demos/reproduce.py passes its parallel.World,
-    which picks this rank's device, and only rank 0 speaks."""
-    from load import load
-    from parallel import refuse_distributed
-    from precision import pick_device
-
-    if world is None:
-        refuse_distributed(Path(sys.argv[0]).name, "a demo is one sweep; demos/reproduce.py spreads a dataset over ranks")
-    device = pick_device(args.device) if world is None else world.device(args.device)
-    start = time.perf_counter()
-    model, tokenizer = load(args.model, dtype=args.dtype, device=device)
-    if tokenizer is None:
-        raise SystemExit(f"{args.model} has no tokenizer files; the demos need one")
-    if world is None or world.rank == 0:
-        print(f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
-              f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}")  # fmt: skip
-    return model, tokenizer
-
-
-def n_parameters(model) -> int:
-    """Weights counted once each (a tied table once), int8 ones included, their scales not."""
-    seen = {t.data_ptr(): t.numel() for name, t in model.state_dict().items() if not name.endswith(".scales")}
-    return sum(seen.values())
-
-
-def runs_text(curves: Curves) -> str:
-    return ", ".join(f"{a} for {x0:.2f}..{x1:.2f}" for a, x0, x1 in curves.runs())
-
-
-def report(curves: Curves, out: Path, name: str, title: str, started: float, show: list[str] | None = None) -> None:
-    """Print the table and who wins where, save <out>/<name>.png and .json, say where and how long.
-    The plot shows the answers in `show` (default all) and every answer that is on top somewhere."""
-    print(table(curves))
-    print(f"top answer: {runs_text(curves)}")
-    if show is not None:
-        show = [a for a in curves.answers if a in set(show) | set(curves.top())]
-    png = plot(curves, out / f"{name}.png", title, show)
-    data = save_json({"title": title, **curves.to_dict()}, out / f"{name}.json")
-    print(f"wrote {png} and {data} in {time.perf_counter() - started:.1f} s")
 
 
 def tracked_above(logits: torch.Tensor, tokenizer, threshold: float = 0.05) -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of, word_ranges  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
+from experiments import digit_sweep, span_of, word_ranges  # noqa: E402
 
 PROMPT = 'Question: In the sentence "{sentence}", how many times is a {category} mentioned? Reply with a single-digit number\nAnswer: '
 

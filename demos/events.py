@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import demo_parser, digit_sweep, load_for_demo, report, span_of  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
+from experiments import digit_sweep, span_of  # noqa: E402
 
 STORY = "Alice goes to the shop. She buys a carton of milk. She buys an apple. She buys a potato. She buys a loaf of bread."
 QUESTION = "How many items did Alice buy?"

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import experiments as ex  # noqa: E402
+from demos.cli import add_model_options, load_for_demo  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 PAGE = Path(__file__).with_name("explore.html")
@@ -409,11 +410,11 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> Thre
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; anything but 127.0.0.1 opens the model to the network")
     parser.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     args = parser.parse_args(argv)
-    model, tokenizer = ex.load_for_demo(args)
+    model, tokenizer = load_for_demo(args)
     try:
         server = serve(Explorer(model, tokenizer, args.model), args.host, args.port)
     except OSError as e:

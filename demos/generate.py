@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import add_model_options, load_for_demo, save_json, shrink, span_of  # noqa: E402
+from demos.cli import add_model_options, load_for_demo  # noqa: E402
+from experiments import save_json, shrink, span_of  # noqa: E402
 
 PROMPT = 'In the sentence "apple apple apple apple", the word apple appears'
 

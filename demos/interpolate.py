@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import demo_parser, load_for_demo, normalized_lipschitz, report, sweep, variation, word_swap  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
+from experiments import answer_curves, normalized_lipschitz, variation, word_swap  # noqa: E402
 
 TEMPLATE = "Question: Are {} red? (yes/no)\nAnswer:"
 
@@ -34,7 +35,7 @@ def main(argv=None):
     swap = word_swap(model, tokenizer, args.template, args.a, args.b)
     alphas = torch.linspace(0.0, 1.0, args.samples)
     print(f"prompt: {args.template.format(args.a)!r} -> {args.b!r}; the word spans {len(swap.durations) - len(swap.left) - len(swap.right)} aligned segments")
-    curves = sweep(model, tokenizer, args.answers, alphas, f"alpha ({args.method})",
+    curves = answer_curves(model, tokenizer, args.answers, alphas, f"alpha ({args.method})",
                    embeds=swap.embeds(alphas, args.method), durations=swap.durations,
                    meta={"template": args.template, "a": args.a, "b": args.b, "method": args.method, "model": args.model})  # fmt: skip
     for i, answer in enumerate(curves.answers):

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import answer_probs, demo_parser, load_for_demo, pyplot, save_figure, save_json, word_swap  # noqa: E402
+from demos.cli import demo_parser, load_for_demo  # noqa: E402
+from experiments import answer_probs, pyplot, save_figure, save_json, word_swap  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 TEMPLATE = "Question: What is the truth value of the following statement?\n{x} {{}} {y}\nAnswer (0 or 1): "

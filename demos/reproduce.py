@@ -25,7 +25,8 @@ from tqdm import tqdm  # noqa: E402
 
 import paper  # noqa: E402
 import parallel  # noqa: E402
-from experiments import add_model_options, answer_probs, load_for_demo, pyplot, save_figure  # noqa: E402
+from demos.cli import add_model_options, load_for_demo  # noqa: E402
+from experiments import answer_probs, pyplot, save_figure  # noqa: E402
 from precision import resolve  # noqa: E402
 from sweep import last_logits  # noqa: E402
 

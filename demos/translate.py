@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from experiments import Curves, answer_probs, demo_parser, load_for_demo, report, shift, tracked_above  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
+from experiments import Curves, answer_probs, shift, tracked_above  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 
