@@ -19,6 +19,7 @@ from load import load
 from sweep import last_logits
 
 FUZZ = settings(max_examples=2000, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+QUICK = settings(FUZZ, max_examples=100)
 MODELS = ("qwen2", "gemma2")  # plain, and soft-capped with sliding windows and embedding scaling
 
 
@@ -105,16 +106,15 @@ def part(call, columns):
     return out
 
 
-@FUZZ
-@given(calls())
-def test_every_call_is_logits_or_a_value_error(models, drawn):
+# Each property runs twice: 2000 drawn calls in the full run, 100 in the quick tier (-m "not slow").
+
+
+def every_call_is_logits_or_a_value_error(models, drawn):
     name, call = drawn
     check(models[name], call)
 
 
-@FUZZ
-@given(calls(), st.data())
-def test_a_valid_call_equals_a_cached_prefix_and_its_continuation(models, drawn, data):
+def a_valid_call_equals_a_cached_prefix_and_its_continuation(models, drawn, data):
     name, call = drawn
     model = models[name]
     call["last_only"] = False
@@ -130,9 +130,7 @@ def test_a_valid_call_equals_a_cached_prefix_and_its_continuation(models, drawn,
     assert (rest - full[:, k:]).abs().max() <= 1e-4 and len(cache) == T
 
 
-@FUZZ
-@given(calls())
-def test_last_logits_equals_plain_forwards(models, drawn):
+def last_logits_equals_plain_forwards(models, drawn):
     name, call = drawn
     model = models[name]
     call["last_only"] = True
@@ -143,13 +141,28 @@ def test_last_logits_equals_plain_forwards(models, drawn):
     assert (swept - full[:, 0]).abs().max() <= 1e-4
 
 
+def fuzzed(prop, *strategies):
+    """The slow test of 2000 calls and the quick one of 100, of one property."""
+    full = pytest.mark.slow(FUZZ(given(*strategies)(prop)))
+    quick = QUICK(given(*strategies)(prop))
+    return full, quick
+
+
+test_every_call_is_logits_or_a_value_error, test_every_call_is_logits_or_a_value_error_quick = fuzzed(
+    every_call_is_logits_or_a_value_error, calls())
+test_a_valid_call_equals_a_cached_prefix_and_its_continuation, test_a_valid_call_equals_a_cached_prefix_quick = fuzzed(
+    a_valid_call_equals_a_cached_prefix_and_its_continuation, calls(), st.data())
+test_last_logits_equals_plain_forwards, test_last_logits_equals_plain_forwards_quick = fuzzed(
+    last_logits_equals_plain_forwards, calls())
+
+
 # ----------------------------------------------------------------------------- tokenizers
 
 
 @pytest.fixture(scope="module")
 def byte_level(trained_bpe_json):
     """Every byte-level BPE tokenizer here, with the normalization its vocabulary applies."""
-    from load import GGUFFile
+    from gguf_file import GGUFFile
     from tokenizer import Tokenizer, gguf_tokenizer_files
 
     found = {"trained": (Tokenizer.from_file(trained_bpe_json), None),

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import CACHE, ROOT, fetch_or_skip
 
+pytestmark = pytest.mark.slow  # every demo end to end on the real default model
+
 DEMOS = ["apples", "events", "sums", "translate", "scale", "interpolate", "logic", "refine", "generate"]
 
 

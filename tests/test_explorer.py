@@ -20,6 +20,8 @@ from conftest import CACHE, ROOT, fetch_or_skip, in_ci
 import experiments as ex
 from sweep import last_logits
 
+pytestmark = pytest.mark.slow  # the real default model, served, and a browser
+
 spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
 explore = sys.modules["explore"] = importlib.util.module_from_spec(spec)  # (its dataclasses look themselves up there)
 spec.loader.exec_module(explore)

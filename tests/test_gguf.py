@@ -115,6 +115,7 @@ def transformers_gguf(path):
     return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
 
 
+@pytest.mark.slow  # transformers' own GGUF reader
 def test_every_tensor_type_matches_transformers_gguf_reader(tmp_path):
     """Measured: 1.7e-5 (ordinary) and 1.3e-5 (a continuous timeline) for logits up to 17;
     tolerance 5e-5."""
@@ -305,6 +306,7 @@ def write_family(name, folder):
     return hf, folder / f"{name}.gguf"
 
 
+@pytest.mark.slow  # transformers' own GGUF reader
 @pytest.mark.parametrize("name", list(GGUF_FAMILIES))
 def test_families_in_gguf_match_transformers(name, tmp_path):
     """Measured: exactly 0 against the source checkpoint for every family, up to 7.6e-6
@@ -390,6 +392,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.slow  # real models against transformers' own GGUF reader
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b", "gemma3-270m"])
 def test_real_gguf_matches_transformers(name, monkeypatch):
     path = real(name, monkeypatch)
@@ -408,6 +411,7 @@ def test_real_gguf_matches_transformers(name, monkeypatch):
             assert (model(tokens, positions=positions, durations=durations) - theirs).abs().max() <= TOL
 
 
+@pytest.mark.slow  # a real model
 def test_smollm2_answers_the_capital_of_france(monkeypatch):
     real("smollm2-135m", monkeypatch)
     model, tokenizer = load("smollm2-135m", dtype="float32")
@@ -416,6 +420,7 @@ def test_smollm2_answers_the_capital_of_france(monkeypatch):
     assert tokenizer.decode(answer) == "The capital of France is Paris."
 
 
+@pytest.mark.slow  # real models
 @pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-0.5b"])
 def test_chat_prompt_equals_the_checkpoint_template(name, monkeypatch):
     """Our ChatML helper against the GGUF's own Jinja template, rendered by transformers."""
@@ -429,6 +434,7 @@ def test_chat_prompt_equals_the_checkpoint_template(name, monkeypatch):
         assert tokenizer.chat("Hi?", system=system) == rendered[0]
 
 
+@pytest.mark.slow  # the real default model
 def test_loaded_weights_are_the_dequantized_ones(monkeypatch):
     """Loading keeps llama.cpp's numbers: SmolLM2's Q8_0 embedding, read with the gguf
     package's own reader and kernels, equals what the float32 model holds, bit for bit."""

@@ -183,6 +183,7 @@ def test_builtin_datasets_have_the_official_shape():
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # the real default model, four tasks end to end
 @pytest.mark.parametrize("task", paper.TASKS)
 def test_reproduce_end_to_end_and_resume(task, tmp_path):
     from load import fetch_model

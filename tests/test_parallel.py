@@ -14,6 +14,8 @@ from conftest import CACHE, ROOT, fetch_or_skip
 
 import parallel
 
+pytestmark = pytest.mark.slow  # torchrun processes on the real default model
+
 MODEL = "smollm2-135m"  # small and quick to load; the protocol does not need a model that counts
 REPRODUCE = str(ROOT / "demos" / "reproduce.py")
 
