@@ -88,7 +88,7 @@ class Config:
     head_dim: int = 128
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # {"rope_type": "linear" | "llama3", ...}, global layers
+    rope_scaling: dict | None = None  # {"rope_type": one of ROPE_TYPES, ...}, global layers
     rope_local_theta: float | None = None  # Gemma 3: sliding layers use plain RoPE of this base
     rotary_fraction: float = 1.0  # rotate only the first part of each head (partial RoPE)
     attention_bias: bool = False  # the checkpoint's flag: biases on all four attention projections
@@ -129,34 +129,88 @@ class RMSNorm(nn.Module):
 
 # ----------------------------------------------------------------------------- rotary
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
-def inverse_frequencies(cfg: Config, local: bool) -> torch.Tensor:
-    """RoPE frequencies (rotary_dim // 2,), float32. `local`: Gemma 3's sliding-layer RoPE."""
+def inverse_frequencies(cfg: Config, local: bool, length: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """RoPE frequencies in float32, and the attention factor that multiplies cos and sin.
+
+    Frequencies are (rotary_dim // 2,), or (B, rotary_dim // 2) for the two scalings that depend
+    on how long each example's timeline is (dynamic, longrope): `length` (B,), see
+    `timeline_length`. `local`: Gemma 3's sliding layers, which use plain RoPE of their own base.
+    The scalings' parameters are complete here: load.py fills in each type's defaults.
+    """
     rotary_dim = int(cfg.head_dim * cfg.rotary_fraction)
     theta = cfg.rope_local_theta if local else cfg.rope_theta
-    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
-    scaling = None if local else cfg.rope_scaling
-    if scaling is None:
-        return inv_freq
-    if scaling["rope_type"] == "linear":  # stretch time: all angles divided by the factor
-        return inv_freq / scaling["factor"]
-    # llama3: long wavelengths divided by the factor, short ones kept, a smooth ramp between
-    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old_len = scaling["original_max_position_embeddings"]
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim  # (r/2,)
+    inv_freq = 1.0 / (theta**exponents)
+    s = {"rope_type": "default"} if local or cfg.rope_scaling is None else cfg.rope_scaling
+    kind, context = s["rope_type"], s.get("original_max_position_embeddings")
+    if kind == "linear":  # stretch time: all angles divided by the factor
+        return inv_freq / s["factor"], 1.0
+    if kind == "dynamic":  # NTK: a larger base once the timeline outgrows the context (trained length)
+        grown = length.clamp(min=context) / context  # (B,)
+        base = theta * (s["factor"] * grown - (s["factor"] - 1)) ** (rotary_dim / (rotary_dim - 2))
+        return 1.0 / base[:, None] ** exponents, 1.0
+    if kind == "yarn":  # long wavelengths divided by the factor, short ones kept, a linear ramp between
+        ramp = _ramp(rotary_dim, theta, context, s["beta_fast"], s["beta_slow"], s["truncate"])
+        return inv_freq / s["factor"] * ramp + inv_freq * (1 - ramp), s["attention_factor"]
+    if kind == "longrope":  # per-frequency divisors: the long set once the timeline outgrows the context
+        long, short = torch.tensor(s["long_factor"]), torch.tensor(s["short_factor"])
+        divisors = torch.where((length > context)[:, None].cpu(), long, short)  # (B, r/2)
+        return inv_freq / divisors, s["attention_factor"]
+    if kind == "llama3":  # long wavelengths divided by the factor, short ones kept, a smooth ramp between
+        return llama3_frequencies(inv_freq, s), 1.0
+    return inv_freq, 1.0
+
+
+def _ramp(rotary_dim: int, theta: float, context: int, beta_fast: float, beta_slow: float, truncate: bool) -> torch.Tensor:
+    """YaRN's ramp (r/2,): 0 for the dims that turn more than beta_fast times over the context, 1
+    for those that turn fewer than beta_slow times, linear between."""
+
+    def dim_turning(turns):  # the dim whose wavelength fits `turns` times into the context
+        return rotary_dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_turning(beta_fast), dim_turning(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    high = high + 0.001 if low == high else high  # no division by 0
+    return ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3.1's scaling: frequencies whose wavelength exceeds context / low_freq_factor divided
+    by the factor, those below context / high_freq_factor kept, a smooth blend between. A GGUF
+    file stores the result as per-frequency divisors (llama.cpp's rope_freqs tensor)."""
+    if "divisors" in s:
+        return inv_freq / torch.tensor(s["divisors"], dtype=torch.float32)
+    factor, low, high, context = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
+    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    medium = (wavelen >= context / high) & (wavelen <= context / low)
     return torch.where(medium, smoothed, scaled)
 
 
-def rotary(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the angles t * f, from real-valued positions (B, T): each (B, 1, T, r/2)."""
-    angles = positions.float()[:, None, :, None] * inv_freq.to(positions.device)
-    return angles.cos(), angles.sin()
+def timeline_length(positions: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
+    """How long each example's timeline (B, S) is, for the scalings that depend on it: from the
+    start of its earliest token to the end of its latest, max(t) - min(t - d). For positions
+    0..S-1 of duration 1 that is S, Hugging Face's max(position) + 1; unlike that, it does not
+    change when every position shifts, so shift invariance holds for every scaling."""
+    return positions.max(dim=1).values - (positions - durations).min(dim=1).values
+
+
+def rotary(positions: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles t * f (times the attention factor), from real-valued positions
+    (B, T) and frequencies (r/2,) or (B, r/2): each (B, 1, T, r/2)."""
+    freqs = inv_freq.to(positions.device)
+    freqs = freqs[:, None, None, :] if freqs.dim() == 2 else freqs
+    angles = positions.float()[:, None, :, None] * freqs
+    if attention_factor == 1.0:
+        return angles.cos(), angles.sin()
+    return angles.cos() * attention_factor, angles.sin() * attention_factor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -381,11 +435,12 @@ class Transformer(nn.Module):
         if cache is not None and len(cache):  # the whole timeline, a one-example cache shared by the batch
             pos = torch.cat((cache.positions.expand(B, -1), pos), dim=1)  # (B, S)
             dur = torch.cat((cache.durations.expand(B, -1), dur), dim=1)
+        length = timeline_length(pos, dur)  # (B,)
         ropes, biases = {}, {}  # per layer kind: sliding or global
         for sliding in sorted(set(cfg.sliding_layers)):
             local = sliding and cfg.rope_local_theta is not None
-            inv_freq = inverse_frequencies(cfg, local)
-            ropes[sliding] = (rotary(pos[:, -T:], inv_freq), rotary(key_pos, inv_freq))
+            inv_freq, factor = inverse_frequencies(cfg, local, length)
+            ropes[sliding] = (rotary(pos[:, -T:], inv_freq, factor), rotary(key_pos, inv_freq, factor))
             biases[sliding] = duration_bias(dur, T, cfg.sliding_window if sliding else None)
         try:
             for layer, sliding in zip(self.model.layers, cfg.sliding_layers):

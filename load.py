@@ -19,6 +19,7 @@ memory-mapped tensors of a checkpoint already in the model's dtype are never cop
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -32,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 
 import int8
 import precision as prec
-from contgpt import FAMILIES, Config, Quirks, Transformer
+from contgpt import FAMILIES, ROPE_TYPES, Config, Quirks, Transformer
 from download import Release, cache_dir, fetch_assembled, forget, verify_again
 from gguf_file import FORMATS, GGUFFile, UnreadableGGUF
 from tokenizer import Tokenizer, gguf_tokenizer_files
@@ -177,7 +178,7 @@ def config_from_hf(hf: dict) -> Config:
         head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads,
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=global_rope.get("rope_theta", 10000.0),
-        rope_scaling=global_rope if global_rope.get("rope_type", "default") != "default" else None,
+        rope_scaling=rope_scaling(global_rope, hf, family),
         rope_local_theta=local_rope.get("rope_theta") if local_rope else None,
         rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
         attention_bias=hf.get("attention_bias", False),
@@ -207,6 +208,62 @@ def _rope_type(params: dict) -> dict:
     params = dict(params)
     params["rope_type"] = params.get("rope_type", params.get("type", "default"))
     return params
+
+
+def rope_scaling(params: dict, hf: dict, family: str) -> dict | None:
+    """The global layers' RoPE scaling with every parameter contgpt.inverse_frequencies reads,
+    each type's defaults filled in as transformers fills them; None for plain RoPE. A missing
+    parameter is a ValueError that names it."""
+    kind = params["rope_type"]
+    if family == "phi3" and kind in ("su", "yarn"):  # Phi-3's config names its longrope so
+        kind = "longrope"
+    if kind == "default":
+        return None
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    half = int(head_dim * params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) // 2
+
+    def need(key, value=None):
+        value = params.get(key) if value is None else value
+        if value is None:
+            raise ValueError(f"RoPE scaling {kind!r} needs {key!r} in the config's rope_parameters (or rope_scaling)")
+        return value
+
+    max_len = hf.get("max_position_embeddings")
+    context = params.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings") or max_len
+    s = {"rope_type": kind}
+    if kind == "linear":
+        s["factor"] = need("factor")
+    elif kind == "dynamic":  # measured against max_position_embeddings, as transformers does
+        s |= {"factor": need("factor"), "original_max_position_embeddings": need("max_position_embeddings", max_len)}
+    elif kind == "llama3" and "divisors" in params:  # a GGUF file's rope_freqs: the result itself
+        s["divisors"] = [float(x) for x in params["divisors"]]
+    elif kind == "llama3":
+        s |= {k: need(k) for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+    elif kind in ("yarn", "longrope"):
+        context = need("original_max_position_embeddings", context)
+        factor = params.get("factor") or (max_len / context if max_len else None)
+        s |= {"original_max_position_embeddings": context, "factor": need("factor", factor)}
+        s["attention_factor"] = params.get("attention_factor") or _default_attention_factor(kind, params, s["factor"], context)
+        if kind == "yarn":
+            s |= {"beta_fast": params.get("beta_fast") or 32, "beta_slow": params.get("beta_slow") or 1,
+                  "truncate": params.get("truncate", True)}  # fmt: skip
+        for key in ("long_factor", "short_factor") if kind == "longrope" else ():
+            if len(need(key)) != half:
+                raise ValueError(f"RoPE scaling 'longrope' needs {key!r} of {half} numbers (one per frequency), not {len(params[key])}")
+            s[key] = [float(x) for x in params[key]]
+    else:
+        raise ValueError(f"unsupported RoPE scaling {kind!r}; supported: {', '.join(ROPE_TYPES)}")
+    return s
+
+
+def _default_attention_factor(kind: str, params: dict, factor: float, context: int) -> float:
+    """How much yarn and longrope scale cos and sin when the config does not say."""
+    if kind == "longrope":
+        return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(context))
+    mscale = lambda m: 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0  # noqa: E731
+    if params.get("mscale") and params.get("mscale_all_dim"):
+        return mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
+    return mscale(1)
 
 
 def _hf_sliding_window(hf: dict) -> int | None:
@@ -250,6 +307,7 @@ GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
     "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }  # fmt: skip
+GGUF_ROPE_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}  # read into the config
 OLD_CONVERSIONS = "converted"  # the float32 conversion cache of contgpt before dequantization at load
 STALE_SECONDS = 3600  # an unfinished conversion untouched this long belongs to no live process
 
@@ -286,10 +344,9 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
     unsupported = sorted({kind for kind, *_ in tensors.values()} - set(FORMATS))
     if unsupported:
         raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
-    if "rope_freqs.weight" in tensors:
-        raise ValueError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1 scaling) are not supported")
-    cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors))
-    names = {gguf_to_hf_name(name, cfg): name for name in tensors}
+    vector = lambda name: next(gguf.dequantize_rows(name))[1].tolist()  # noqa: E731 (a 1-D tensor is one piece)
+    cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors, vector))
+    names = {gguf_to_hf_name(name, cfg): name for name in tensors if name not in GGUF_ROPE_TENSORS}
 
     def produce(hf_name: str):
         offset = cfg.quirks.norm_offset if "norm" in hf_name else 0.0  # llama.cpp stores Gemma's as 1 + w
@@ -312,9 +369,11 @@ def gguf_tokenizer(meta: dict) -> Tokenizer:
         return Tokenizer.from_dir(folder)  # read whole into memory before the folder goes
 
 
-def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict) -> dict:
+def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) -> dict:
     """A Hugging Face config.json dict from GGUF metadata (llama.cpp's conventions for what it
-    leaves out: Gemma 3's local RoPE base and window pattern, Gemma's query scale)."""
+    leaves out: Gemma 3's local RoPE base and window pattern, Gemma's query scale). RoPE scaling
+    comes from metadata (linear, yarn) or from tensors, read by vector(name) as a list:
+    rope_freqs (Llama 3.1's divisors) and rope_factors_long / _short (longrope)."""
 
     def get(key, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -341,15 +400,32 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict) -> dict:
         attn_logit_softcapping=get("attn_logit_softcapping"),
         final_logit_softcapping=get("final_logit_softcapping"),
     )
-    scaling = get("rope.scaling.type", "none")
-    if scaling != "none":
-        config["rope_scaling"] = {"rope_type": scaling, "factor": get("rope.scaling.factor")}
+    config["rope_scaling"] = gguf_rope_scaling(get, tensors, vector)
+    if "rope.scaling.original_context_length" in {k.removeprefix(f"{arch}.") for k in meta}:
+        config["max_position_embeddings"] = get("context_length")  # the extended length, for yarn and longrope
     if family in ("gemma2", "gemma3_text"):
         # llama.cpp scales queries by 1/sqrt(hidden / heads) for the 27B models only
         config["query_pre_attn_scalar"] = hidden // n_heads if n_layers in (46, 62) else head_dim
     if family == "gemma3_text":
         config["rope_local_base_freq"] = 10000.0
     return config
+
+
+def gguf_rope_scaling(get, tensors: dict, vector) -> dict | None:
+    """The rope_scaling of a config.json from llama.cpp's metadata keys and RoPE tensors."""
+    extra = {"original_max_position_embeddings": get("rope.scaling.original_context_length"),
+             "attention_factor": get("rope.scaling.attn_factor"), "beta_fast": get("rope.scaling.yarn_beta_fast"),
+             "beta_slow": get("rope.scaling.yarn_beta_slow")}  # fmt: skip
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if "rope_freqs.weight" in tensors:
+        return {"rope_type": "llama3", "divisors": vector("rope_freqs.weight")}
+    if "rope_factors_long.weight" in tensors:
+        return {"rope_type": "longrope", "long_factor": vector("rope_factors_long.weight"),
+                "short_factor": vector("rope_factors_short.weight"), **extra}  # fmt: skip
+    scaling = get("rope.scaling.type", "none")
+    if scaling == "none":
+        return None
+    return {"rope_type": scaling, "factor": get("rope.scaling.factor"), **extra}
 
 
 def gguf_to_hf_name(name: str, cfg: Config) -> str:

@@ -229,7 +229,7 @@ def test_rope_angles_are_float32_from_real_positions_in_any_dtype(qwen, tokens):
     p = torch.arange(T).float() + 200.25
     a, b = half(tokens, positions=p), half(tokens, positions=p + 0.25)
     assert a.dtype == torch.float32 and max_diff(a, b) > 1e-3
-    inv_freq = inverse_frequencies(half.config, local=False)
+    inv_freq, _ = inverse_frequencies(half.config, local=False, length=torch.tensor([float(T)]))
     cos, sin = rotary(p[None], inv_freq)
     exact = p.double()[:, None] * inv_freq.double()
     assert max_diff(cos[0, 0].double(), exact.cos()) <= 1e-5 and max_diff(sin[0, 0].double(), exact.sin()) <= 1e-5

@@ -1,6 +1,8 @@
 """GGUF checkpoints: tiny ones written here for every tensor type and every failure, real ones
 fetched from the registry, all against transformers' own GGUF reader."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -236,6 +238,16 @@ GGUF_FAMILIES = {
                                                                    "sliding_attention": dict(rope_type="default", rope_theta=1e4)}), True),
     "phi3": ("phi3", "Phi3Config", dict(), True),
     "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
+    # Llama 3.1/3.2 (llama.cpp stores the llama3 scaling as a rope_freqs tensor of divisors) and
+    # Phi-3.5 (longrope: rope_factors_long/_short tensors, the context and attention factor in
+    # metadata); both timelines here are longer than the longrope context of 4, so the long set
+    # is the one compared.
+    "llama3_rope_freqs": ("llama", "LlamaConfig", dict(head_dim=16, rope_parameters=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100,
+        rope_theta=10000.0)), False),
+    "phi3_longrope": ("phi3", "Phi3Config", dict(max_position_embeddings=32, original_max_position_embeddings=4,
+        rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0],
+                             rope_theta=10000.0)), False),
 }  # fmt: skip
 HF_TO_GGUF_LAYER = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -267,7 +279,8 @@ def write_family(name, folder):
     writer.add_vocab_size(cfg.vocab_size)  # transformers' reader takes the vocabulary size from here
     writer.add_pad_token_id(0)  # and its padding id (else Phi-3's default, 32000, outside this vocabulary)
     writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_context_length(256)
+    rope = cfg.rope_parameters if arch != "gemma3" else cfg.rope_parameters["full_attention"]
+    writer.add_context_length(cfg.max_position_embeddings if rope["rope_type"] == "longrope" else 256)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
@@ -284,11 +297,14 @@ def write_family(name, folder):
     if arch == "gemma2":
         writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
+    for rope_name, values in llama_cpp_rope_tensors(cfg, writer, head_dim).items():
+        writer.add_tensor(rope_name, values)
     sandwich = arch in ("gemma2", "gemma3")
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         stem, _, suffix = hf_name.rpartition(".")
+        rest = None
         if stem in ("model.embed_tokens", "model.norm", "lm_head"):
             gguf_name = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}[stem]
         else:
@@ -298,12 +314,43 @@ def write_family(name, folder):
         w = tensor.float().numpy()
         if arch.startswith("gemma") and "norm" in hf_name:
             w = w + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
+        if arch == "llama" and rest in ("self_attn.q_proj", "self_attn.k_proj"):  # interleaved for its RoPE
+            heads = cfg.num_attention_heads if "q_proj" in rest else cfg.num_key_value_heads
+            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(w))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return hf, folder / f"{name}.gguf"
+
+
+def llama_cpp_rope_tensors(cfg, writer, head_dim) -> dict:
+    """The RoPE tensors (and their metadata) llama.cpp's converter writes for a llama3 or
+    longrope scaling, computed as it computes them."""
+    rope = cfg.rope_parameters
+    kind, dim = rope.get("rope_type"), int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    if kind == "llama3":
+        factor, low, high, context = (rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"))
+        divisors = []
+        for freq in 1.0 / (rope["rope_theta"] ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+            wavelen = 2 * math.pi / freq
+            if wavelen < context / high:
+                divisors.append(1.0)
+            elif wavelen > context / low:
+                divisors.append(factor)
+            else:
+                smooth = (context / wavelen - low) / (high - low)
+                divisors.append(1 / ((1 - smooth) / factor + smooth))
+        return {"rope_freqs.weight": np.array(divisors, dtype=np.float32)}
+    if kind == "longrope":
+        context = cfg.original_max_position_embeddings
+        scale = cfg.max_position_embeddings / context
+        writer.add_rope_scaling_orig_ctx_len(context)
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(context)) if scale > 1 else 1.0)
+        return {"rope_factors_long.weight": np.array(rope["long_factor"], dtype=np.float32),
+                "rope_factors_short.weight": np.array(rope["short_factor"], dtype=np.float32)}  # fmt: skip
+    return {}
 
 
 @pytest.mark.slow  # transformers' own GGUF reader

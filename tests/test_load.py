@@ -112,8 +112,8 @@ def test_unsupported_architecture_lists_the_supported(ckpt):
 
 
 def test_unsupported_rope_scaling_lists_the_supported(ckpt):
-    edit_config(ckpt, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6})
-    with pytest.raises(ValueError, match="unsupported RoPE scaling 'yarn'; supported: default, linear, llama3"):
+    edit_config(ckpt, rope_parameters={"rope_type": "mrope", "factor": 4.0, "rope_theta": 1e6})
+    with pytest.raises(ValueError, match="unsupported RoPE scaling 'mrope'; supported: default, linear, dynamic, yarn, longrope, llama3"):
         load(ckpt)
 
 
