@@ -112,7 +112,8 @@ def test_the_tour_points_at_the_lines_it_names():
     for name, line in tour:
         *owner, leaf = name.split(".")
         text = source[int(line) - 1]
-        assert re.match(rf"\s*(def|class) {leaf}\b|{leaf} = ", text), f"README: contgpt.py line {line} is {text!r}, not {name}"
+        pattern = rf"\s+def {leaf}\b" if owner else rf"(def|class) {leaf}\b|{leaf} = "  # a method, or top level
+        assert re.match(pattern, text), f"README: contgpt.py line {line} is {text!r}, not {name}"
         if owner:
             classes = [s for s in source[: int(line)] if s.startswith("class ")]
             assert classes[-1].startswith(f"class {owner[0]}"), f"README: contgpt.py line {line} is not in {owner[0]}"
