@@ -18,7 +18,7 @@ ordinary model. How it differs from an ordinary Llama:
    word halfway between two words is just a mixed row); family scalings are applied here.
 4. The KV cache keeps each key's position and duration beside its rotated key and value, so
    generation can continue a prefix that lives on a continuous timeline.
-5. Mistral, Qwen2, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
+5. Mistral, Qwen2/3, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
    few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
 6. The attention weights pass through a named identity module (`self_attn.probs`), so ordinary
    forward hooks can watch them (the explorer does) at no cost when none is registered.
@@ -57,7 +57,7 @@ class Quirks:
     qkv_bias: bool = False  # q, k and v projections carry a bias, o does not (Qwen2)
     fused: bool = False  # one qkv_proj and one gate_up_proj matrix (Phi-3)
     sandwich_norm: bool = False  # each branch's output is normalised too (Gemma 2 and 3)
-    qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3)
+    qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3, Qwen3)
     global_every: int = 0  # default layer pattern: every n-th layer global, the rest sliding
     tied: bool = False  # whether the output head is the embedding table when a config omits it
 
@@ -67,6 +67,7 @@ FAMILIES = {
     "llama": Quirks(),
     "mistral": Quirks(),
     "qwen2": Quirks(qkv_bias=True),
+    "qwen3": Quirks(qk_norm=True),
     "phi3": Quirks(fused=True),
     "gemma": Quirks(**_GEMMA),
     "gemma2": Quirks(**_GEMMA, sandwich_norm=True, global_every=2),

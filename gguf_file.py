@@ -239,6 +239,23 @@ def q6_k(b):  # 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scale
     return (dl * q).reshape(n, 256)
 
 
+IQ4_VALUES = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32)
+
+
+def iq4_nl(b):  # d, 16 bytes of 4-bit indices into IQ4_VALUES, a non-linear grid
+    d, q = _f16(b[:, :2]), _nibbles(b[:, 2:]).reshape(-1, 32)
+    return d * IQ4_VALUES[q.long()]
+
+
+def iq4_xs(b):  # d, 16 high scale bits, 4 bytes of low scale nibbles, 128 bytes of 4-bit indices
+    n = b.shape[0]
+    high = (b[:, 2].int() | (b[:, 3].int() << 8))[:, None] >> torch.arange(0, 16, 2) & 3  # (n, 8)
+    low = torch.stack((b[:, 4:8] & 0x0F, b[:, 4:8] >> 4), dim=2).reshape(n, 8)  # byte by byte: low, high
+    dl = (_f16(b[:, :2]) * ((low.int() | (high << 4)) - 32).float()).reshape(n, 8, 1)
+    q = _nibbles(b[:, 8:].reshape(n * 8, 16)).reshape(n, 8, 32)
+    return (dl * IQ4_VALUES[q.long()]).reshape(n, 256)
+
+
 def f32(b):
     return b.contiguous().view(torch.float32)
 
@@ -257,12 +274,13 @@ FORMATS = {
     "Q4_0": (2, 32, 18, q4_0), "Q4_1": (3, 32, 20, q4_1), "Q5_0": (6, 32, 22, q5_0), "Q5_1": (7, 32, 24, q5_1),
     "Q8_0": (8, 32, 34, q8_0), "Q2_K": (10, 256, 84, q2_k), "Q3_K": (11, 256, 110, q3_k),
     "Q4_K": (12, 256, 144, q4_k), "Q5_K": (13, 256, 176, q5_k), "Q6_K": (14, 256, 210, q6_k),
+    "IQ4_NL": (20, 32, 18, iq4_nl), "IQ4_XS": (23, 256, 136, iq4_xs),
 }  # fmt: skip
 # ggml's other types, named in errors (their sizes let a file with them still be parsed)
 OTHER_TYPES = {
     9: ("Q8_1", 32, 36), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
+    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
     27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
 }  # fmt: skip
 TYPES = {type_id: (name, block, size) for name, (type_id, block, size, _) in FORMATS.items()} | OTHER_TYPES

@@ -290,6 +290,7 @@ def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, .
 GGUF_ARCHS = {
     "llama": ("llama", True),
     "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
     "phi3": ("phi3", False),
     "gemma": ("gemma", False),
     "gemma2": ("gemma2", False),

@@ -35,7 +35,9 @@ TINY = {
     "llama_linear": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True, rope_scaling=dict(rope_type="linear", factor=2.5))),
     "llama_tied": ("LlamaConfig", dict(tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(sliding_window=4)),
+    "mistral_nemo": ("MistralConfig", dict(head_dim=16, sliding_window=None)),  # head_dim != hidden / heads
     "qwen2": ("Qwen2Config", dict(rope_theta=1e6)),
+    "qwen3": ("Qwen3Config", dict(head_dim=16, rope_theta=1e6)),
     "gemma": ("GemmaConfig", dict(head_dim=16)),
     "gemma2": ("Gemma2Config", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
                attn_logit_softcapping=3.0, final_logit_softcapping=2.0)),

@@ -199,9 +199,9 @@ def test_wrong_magic(tmp_path):
 
 
 def test_unsupported_tensor_type(tmp_path):
-    extra = {"blk.0.extra.weight": (np.zeros((4, 144), dtype=np.uint8), "IQ4_NL")}  # 4 rows of 8 blocks
+    extra = {"blk.0.extra.weight": (np.zeros((4, 66), dtype=np.uint8), "IQ2_XXS")}  # 4 rows of 1 block
     path = write_tiny_gguf(tmp_path / "tiny.gguf", extra=extra)
-    with pytest.raises(ValueError, match="unsupported tensor type IQ4_NL; supported: F32, F16, BF16"):
+    with pytest.raises(ValueError, match="unsupported tensor type IQ2_XXS; supported: F32, F16, BF16"):
         load(path)
     assert_cache_clean()
 
@@ -237,6 +237,7 @@ GGUF_FAMILIES = {
                                                   rope_parameters={"full_attention": dict(rope_type="default", rope_theta=1e6),
                                                                    "sliding_attention": dict(rope_type="default", rope_theta=1e4)}), True),
     "phi3": ("phi3", "Phi3Config", dict(), True),
+    "qwen3": ("qwen3", "Qwen3Config", dict(head_dim=128), True),  # transformers' reader assumes 128
     "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
     # Llama 3.1/3.2 (llama.cpp stores the llama3 scaling as a rope_freqs tensor of divisors) and
     # Phi-3.5 (longrope: rope_factors_long/_short tensors, the context and attention factor in
