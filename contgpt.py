@@ -58,6 +58,7 @@ class Quirks:
     fused: bool = False  # one qkv_proj and one gate_up_proj matrix (Phi-3)
     sandwich_norm: bool = False  # each branch's output is normalised too (Gemma 2 and 3)
     qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3, Qwen3)
+    moe: bool = False  # the MLP is a mixture of experts, top-k routed (Mixtral)
     global_every: int = 0  # default layer pattern: every n-th layer global, the rest sliding
     tied: bool = False  # whether the output head is the embedding table when a config omits it
 
@@ -69,6 +70,7 @@ FAMILIES = {
     "qwen2": Quirks(qkv_bias=True),
     "qwen3": Quirks(qk_norm=True),
     "phi3": Quirks(fused=True),
+    "mixtral": Quirks(moe=True),
     "gemma": Quirks(**_GEMMA),
     "gemma2": Quirks(**_GEMMA, sandwich_norm=True, global_every=2),
     "gemma3_text": Quirks(**_GEMMA, sandwich_norm=True, qk_norm=True, global_every=6),
@@ -100,6 +102,8 @@ class Config:
     query_scale: float | None = None  # scores scaled by query_scale**-0.5, else head_dim**-0.5
     attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) before the duration bias
     logit_softcap: float | None = None  # Gemma 2: the same on the output logits
+    n_experts: int = 0  # mixture of experts: experts per layer,
+    experts_per_token: int = 0  # and how many of them each token is routed to
 
     def __post_init__(self):
         if not self.sliding_layers:
@@ -345,6 +349,44 @@ class MLP(nn.Module):
         return self.down_proj(self.act(gate) * up)
 
 
+class Expert(nn.Module):
+    """One expert of a mixture: a gated MLP, under Mixtral's names (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.quirks.act]
+        self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
+
+
+class MoE(nn.Module):
+    """Mixtral's sparse MLP: a router scores every expert for each token, the top k run, and
+    their outputs are mixed by the router's softmax renormalised over the chosen k. Pointwise in
+    time like any MLP, so durations do not touch it."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.top_k = cfg.experts_per_token
+        self.gate = nn.Linear(cfg.dim, cfg.n_experts, bias=False)  # the router
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])  # (N, dim): every token of every example
+        probs = self.gate(flat).float().softmax(dim=-1)  # (N, n_experts), float32
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens routed to expert e
+            if len(token):
+                out.index_add_(0, token, (expert(flat[token]) * weights[token, slot, None]).type_as(out))
+        return out.view_as(x)
+
+
 # ----------------------------------------------------------------------------- block
 
 
@@ -353,8 +395,12 @@ class Block(nn.Module):
         super().__init__()
         quirks = cfg.quirks
         norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, quirks.norm_offset)  # noqa: E731
-        self.sandwich = quirks.sandwich_norm
-        self.self_attn, self.mlp = Attention(cfg, layer), MLP(cfg)
+        self.sandwich, self.moe = quirks.sandwich_norm, quirks.moe
+        self.self_attn = Attention(cfg, layer)
+        if self.moe:  # under the checkpoint's own name
+            self.block_sparse_moe = MoE(cfg)
+        else:
+            self.mlp = MLP(cfg)
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         if self.sandwich:
             self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
@@ -363,9 +409,12 @@ class Block(nn.Module):
         h = self.self_attn(self.input_layernorm(x), rope, duration_bias, cache)
         if self.sandwich:  # Gemma 2/3: post_attention_layernorm normalises the attention output
             x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+            return x + self.post_feedforward_layernorm(self.feed_forward(self.pre_feedforward_layernorm(x)))
         x = x + h  # Llama: post_attention_layernorm is the norm in front of the MLP
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.feed_forward(self.post_attention_layernorm(x))
+
+    def feed_forward(self, x):
+        return self.block_sparse_moe(x) if self.moe else self.mlp(x)
 
 
 # ----------------------------------------------------------------------------- model
@@ -732,6 +781,9 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"unsupported RoPE scaling {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
     if len(cfg.sliding_layers) != cfg.n_layers:
         raise ValueError(f"{len(cfg.sliding_layers)} layer types given for {cfg.n_layers} layers")
+    if cfg.quirks.moe and not 1 <= cfg.experts_per_token <= cfg.n_experts:
+        raise ValueError(f"a mixture of experts routes each token to 1 to n_experts experts, not {cfg.experts_per_token} "
+                         f"of {cfg.n_experts}")  # fmt: skip
     if cfg.n_heads % cfg.n_kv_heads:
         raise ValueError(f"{cfg.n_heads} query heads cannot share {cfg.n_kv_heads} key/value heads evenly")
 

@@ -189,6 +189,8 @@ def config_from_hf(hf: dict) -> Config:
         query_scale=hf.get("query_pre_attn_scalar"),
         attn_softcap=hf.get("attn_logit_softcapping"),
         logit_softcap=hf.get("final_logit_softcapping"),
+        n_experts=hf.get("num_local_experts", 0),
+        experts_per_token=hf.get("num_experts_per_tok", 0),
     )
 
 
@@ -302,8 +304,9 @@ GGUF_LAYER_NAMES = {
     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
     "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "ffn_norm": "post_attention_layernorm",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate_inp": "block_sparse_moe.gate",
 }  # fmt: skip
+GGUF_EXPERT_NAMES = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}  # Mixtral, stacked per layer
 GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
     "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
@@ -347,17 +350,19 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
         raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
     vector = lambda name: next(gguf.dequantize_rows(name))[1].tolist()  # noqa: E731 (a 1-D tensor is one piece)
     cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors, vector))
-    names = {gguf_to_hf_name(name, cfg): name for name in tensors if name not in GGUF_ROPE_TENSORS}
+    # hf name -> (GGUF name, expert): llama.cpp stacks a layer's experts into one 3-D tensor
+    names = {hf: (name, expert) for name in tensors if name not in GGUF_ROPE_TENSORS for hf, expert in gguf_to_hf_names(name, cfg)}
 
     def produce(hf_name: str):
+        name, expert = names[hf_name]
         offset = cfg.quirks.norm_offset if "norm" in hf_name else 0.0  # llama.cpp stores Gemma's as 1 + w
         order = None
         if permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-            order = unpermuted_rows(tensors[names[hf_name]][1][0], cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
-        for rows, values in gguf.dequantize_rows(names[hf_name]):
+            order = unpermuted_rows(tensors[name][1][0], cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
+        for rows, values in gguf.dequantize_rows(name, expert):
             yield (rows if order is None else order[rows]), values - offset if offset else values
 
-    shapes = {hf: tensors[g][1] for hf, g in names.items()}
+    shapes = {hf: tensors[name][1][1:] if expert is not None else tensors[name][1] for hf, (name, expert) in names.items()}
     model = build(cfg, shapes, produce, precision, device, where=path)
     return model, gguf_tokenizer(meta) if "tokenizer.ggml.tokens" in meta else None
 
@@ -384,6 +389,8 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) ->
     if isinstance(n_kv, list):
         raise ValueError(f"per-layer key/value head counts ({arch}) are not supported")
     head_dim = get("attention.key_length") or hidden // n_heads
+    if get("expert_count"):  # llama.cpp writes Mixtral as a llama with experts
+        family = "mixtral"
     config = dict(
         model_type=family,
         vocab_size=tensors["token_embd.weight"][1][0],
@@ -400,6 +407,8 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) ->
         sliding_window=get("attention.sliding_window"),
         attn_logit_softcapping=get("attn_logit_softcapping"),
         final_logit_softcapping=get("final_logit_softcapping"),
+        num_local_experts=get("expert_count", 0),
+        num_experts_per_tok=get("expert_used_count", 0),
     )
     config["rope_scaling"] = gguf_rope_scaling(get, tensors, vector)
     if "rope.scaling.original_context_length" in {k.removeprefix(f"{arch}.") for k in meta}:
@@ -429,17 +438,22 @@ def gguf_rope_scaling(get, tensors: dict, vector) -> dict | None:
     return {"rope_type": scaling, "factor": get("rope.scaling.factor"), **extra}
 
 
-def gguf_to_hf_name(name: str, cfg: Config) -> str:
+def gguf_to_hf_names(name: str, cfg: Config) -> list[tuple[str, int | None]]:
+    """The checkpoint names a GGUF tensor holds: one, or one per expert of a stacked 3-D tensor
+    (with the expert's index along its first axis)."""
     stem, _, suffix = name.rpartition(".")
     if stem in GGUF_GLOBAL_NAMES:
-        return f"{GGUF_GLOBAL_NAMES[stem]}.{suffix}"
+        return [(f"{GGUF_GLOBAL_NAMES[stem]}.{suffix}", None)]
     parts = stem.split(".")
     if len(parts) == 3 and parts[0] == "blk":
+        layer = f"model.layers.{parts[1]}"
+        if cfg.quirks.moe and parts[2] in GGUF_EXPERT_NAMES:
+            return [(f"{layer}.block_sparse_moe.experts.{e}.{GGUF_EXPERT_NAMES[parts[2]]}.{suffix}", e) for e in range(cfg.n_experts)]
         layer_names = {**GGUF_LAYER_NAMES, **(GGUF_SANDWICH_NAMES if cfg.quirks.sandwich_norm else {})}
         if cfg.quirks.fused:
             layer_names["ffn_up"] = "mlp.gate_up_proj"  # Phi-3: gate and up in one matrix
         if parts[2] in layer_names:
-            return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{suffix}"
+            return [(f"{layer}.{layer_names[parts[2]]}.{suffix}", None)]
     raise ValueError(f"unexpected GGUF tensor {name} for a {cfg.family} model")
 
 

@@ -46,6 +46,7 @@ TINY = {
                rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
                                 "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
     "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5)),
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
 }  # fmt: skip
 SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
 

@@ -238,6 +238,7 @@ GGUF_FAMILIES = {
                                                                    "sliding_attention": dict(rope_type="default", rope_theta=1e4)}), True),
     "phi3": ("phi3", "Phi3Config", dict(), True),
     "qwen3": ("qwen3", "Qwen3Config", dict(head_dim=128), True),  # transformers' reader assumes 128
+    "mixtral": ("llama", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2), False),  # experts stacked
     "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
     # Llama 3.1/3.2 (llama.cpp stores the llama3 scaling as a rope_freqs tensor of divisors) and
     # Phi-3.5 (longrope: rope_factors_long/_short tensors, the context and attention factor in
@@ -253,7 +254,8 @@ GGUF_FAMILIES = {
 HF_TO_GGUF_LAYER = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
-    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "block_sparse_moe.gate": "ffn_gate_inp",
+    "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
 }  # fmt: skip
 SANDWICH_TO_GGUF = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
@@ -300,8 +302,16 @@ def write_family(name, folder):
         writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
     for rope_name, values in llama_cpp_rope_tensors(cfg, writer, head_dim).items():
         writer.add_tensor(rope_name, values)
+    if getattr(cfg, "num_local_experts", None):
+        writer.add_expert_count(cfg.num_local_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
+        experts = {}  # (layer, w1 | w2 | w3) -> {expert: tensor}, written stacked as llama.cpp does
     sandwich = arch in ("gemma2", "gemma3")
     for hf_name, tensor in state.items():
+        if ".experts." in hf_name:
+            layer, expert, which = hf_name.split(".")[2], int(hf_name.split(".")[5]), hf_name.split(".")[6]
+            experts.setdefault((layer, which), {})[expert] = tensor.float().numpy()
+            continue
         if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
         stem, _, suffix = hf_name.rpartition(".")
@@ -319,6 +329,9 @@ def write_family(name, folder):
             heads = cfg.num_attention_heads if "q_proj" in rest else cfg.num_key_value_heads
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(w))
+    for (layer, which), stack in (experts if getattr(cfg, "num_local_experts", None) else {}).items():
+        stacked = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}[which]
+        writer.add_tensor(f"blk.{layer}.{stacked}.weight", np.ascontiguousarray(np.stack([stack[e] for e in sorted(stack)])))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
