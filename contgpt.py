@@ -56,8 +56,9 @@ class Quirks:
     embed_scale: bool = False  # input embeddings are multiplied by sqrt(dim) (Gemma)
     qkv_bias: bool = False  # q, k and v projections carry a bias, o does not (Qwen2)
     fused: bool = False  # one qkv_proj and one gate_up_proj matrix (Phi-3)
-    sandwich_norm: bool = False  # each branch's output is normalised too (Gemma 2 and 3)
-    qk_norm: bool = False  # every query and key head is RMS-normalised (Gemma 3, Qwen3)
+    norms: str = "pre"  # where a block normalises: "pre" each branch's input (Llama), "sandwich" its
+    #                     input and output (Gemma 2, 3), "post" its output only (OLMo 2)
+    qk_norm: str = ""  # queries and keys RMS-normalised: "head" each head (Gemma 3, Qwen3), "all" all heads at once (OLMo 2)
     moe: bool = False  # the MLP is a mixture of experts, top-k routed (Mixtral)
     global_every: int = 0  # default layer pattern: every n-th layer global, the rest sliding
     tied: bool = False  # whether the output head is the embedding table when a config omits it
@@ -68,12 +69,15 @@ FAMILIES = {
     "llama": Quirks(),
     "mistral": Quirks(),
     "qwen2": Quirks(qkv_bias=True),
-    "qwen3": Quirks(qk_norm=True),
+    "qwen3": Quirks(qk_norm="head"),
+    "smollm3": Quirks(),
+    "olmo2": Quirks(norms="post", qk_norm="all"),
+    "granite": Quirks(),
     "phi3": Quirks(fused=True),
     "mixtral": Quirks(moe=True),
     "gemma": Quirks(**_GEMMA),
-    "gemma2": Quirks(**_GEMMA, sandwich_norm=True, global_every=2),
-    "gemma3_text": Quirks(**_GEMMA, sandwich_norm=True, qk_norm=True, global_every=6),
+    "gemma2": Quirks(**_GEMMA, norms="sandwich", global_every=2),
+    "gemma3_text": Quirks(**_GEMMA, norms="sandwich", qk_norm="head", global_every=6),
 }
 
 
@@ -99,9 +103,14 @@ class Config:
     tie_embeddings: bool = False
     sliding_window: int | None = None  # in tokens
     sliding_layers: tuple[bool, ...] = ()  # per layer: does it use the sliding window?
+    rope_layers: tuple[bool, ...] = ()  # per layer: does it rotate (SmolLM3 leaves every fourth layer without)?
     query_scale: float | None = None  # scores scaled by query_scale**-0.5, else head_dim**-0.5
+    attention_multiplier: float | None = None  # Granite: scores scaled by this instead
     attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) before the duration bias
     logit_softcap: float | None = None  # Gemma 2: the same on the output logits
+    embedding_multiplier: float = 1.0  # Granite: input embeddings times this,
+    residual_multiplier: float = 1.0  # each branch's output times this,
+    logits_scaling: float = 1.0  # and the logits divided by this
     n_experts: int = 0  # mixture of experts: experts per layer,
     experts_per_token: int = 0  # and how many of them each token is routed to
 
@@ -109,6 +118,7 @@ class Config:
         if not self.sliding_layers:
             self.sliding_layers = (False,) * self.n_layers
         self.sliding_layers = tuple(bool(s) and self.sliding_window is not None for s in self.sliding_layers)
+        self.rope_layers = tuple(bool(r) for r in self.rope_layers) or (True,) * self.n_layers
         check_config(self)
 
     @property
@@ -274,7 +284,7 @@ class Attention(nn.Module):
         quirks = cfg.quirks
         self.layer, self.cfg = layer, cfg
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.scale = (cfg.query_scale or cfg.head_dim) ** -0.5
+        self.scale = cfg.attention_multiplier or (cfg.query_scale or cfg.head_dim) ** -0.5
         q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         if quirks.fused:
             self.qkv_proj = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.attention_bias)
@@ -284,9 +294,10 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
             self.v_proj = nn.Linear(cfg.dim, kv_size, bias=bias)
         self.o_proj = nn.Linear(q_size, cfg.dim, bias=cfg.attention_bias)
-        if quirks.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+        if quirks.qk_norm:  # over each head, or over the whole projection of all heads
+            whole = quirks.qk_norm == "all"
+            self.q_norm = RMSNorm(q_size if whole else cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
+            self.k_norm = RMSNorm(kv_size if whole else cfg.head_dim, cfg.norm_eps, quirks.norm_offset)
         # a place for forward hooks to see the attention weights (B, Hkv, rep, T, S); costs nothing unhooked
         self.probs = nn.Identity()
 
@@ -299,21 +310,23 @@ class Attention(nn.Module):
     def forward(self, x, rope, duration_bias, cache: KVCache | None):
         B, T, _ = x.shape
         q, k, v = self.project(x)
+        if self.cfg.quirks.qk_norm == "all":
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.cfg.quirks.qk_norm:
+        if self.cfg.quirks.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        # queries sit at their positions t_i; keys wherever the quadrature rule puts them
-        (q_cos, q_sin), (k_cos, k_sin) = rope
-        q = apply_rotary(q, q_cos, q_sin)  # float32
-        k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
+        if rope is not None:  # queries sit at their positions t_i; keys wherever the quadrature rule puts them
+            (q_cos, q_sin), (k_cos, k_sin) = rope
+            q = apply_rotary(q, q_cos, q_sin)  # float32
+            k = apply_rotary(k, k_cos, k_sin).type_as(v)  # keys are cached in the model's dtype
         if cache is not None:
             k, v = cache.extended(self.layer, k, v)  # (B, Hkv, S, hd), S = cached + T
         # grouped-query attention without copying keys: query heads grouped by their kv head;
         # scores in float32, so that a 16-bit model still resolves small log-duration biases
         rep = self.n_heads // self.n_kv_heads
-        q = q.view(B, self.n_kv_heads, rep, T, self.head_dim)
+        q = q.float().view(B, self.n_kv_heads, rep, T, self.head_dim)
         scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)) * self.scale  # (B, Hkv, rep, T, S)
         if self.cfg.attn_softcap:  # Gemma 2 caps the raw score; the duration bias comes after
             scores = self.cfg.attn_softcap * torch.tanh(scores / self.cfg.attn_softcap)
@@ -395,23 +408,30 @@ class Block(nn.Module):
         super().__init__()
         quirks = cfg.quirks
         norm = lambda: RMSNorm(cfg.dim, cfg.norm_eps, quirks.norm_offset)  # noqa: E731
-        self.sandwich, self.moe = quirks.sandwich_norm, quirks.moe
+        self.norms, self.moe, self.residual = quirks.norms, quirks.moe, cfg.residual_multiplier
         self.self_attn = Attention(cfg, layer)
         if self.moe:  # under the checkpoint's own name
             self.block_sparse_moe = MoE(cfg)
         else:
             self.mlp = MLP(cfg)
-        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
-        if self.sandwich:
-            self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
+        if self.norms != "post":
+            self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()
+        if self.norms != "pre":
+            self.post_feedforward_layernorm = norm()
+        if self.norms == "sandwich":
+            self.pre_feedforward_layernorm = norm()
 
     def forward(self, x, rope, duration_bias, cache):
+        if self.norms == "post":  # OLMo 2: each branch's output is normalised, its input is not
+            x = x + self.post_attention_layernorm(self.self_attn(x, rope, duration_bias, cache))
+            return x + self.post_feedforward_layernorm(self.feed_forward(x))
         h = self.self_attn(self.input_layernorm(x), rope, duration_bias, cache)
-        if self.sandwich:  # Gemma 2/3: post_attention_layernorm normalises the attention output
+        if self.norms == "sandwich":  # Gemma 2/3: post_attention_layernorm normalises the attention output
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.feed_forward(self.pre_feedforward_layernorm(x)))
-        x = x + h  # Llama: post_attention_layernorm is the norm in front of the MLP
-        return x + self.feed_forward(self.post_attention_layernorm(x))
+        x = x + self.residual * h  # Llama: post_attention_layernorm is the norm in front of the MLP
+        return x + self.residual * self.feed_forward(self.post_attention_layernorm(x))
 
     def feed_forward(self, x):
         return self.block_sparse_moe(x) if self.moe else self.mlp(x)
@@ -480,6 +500,7 @@ class Transformer(nn.Module):
         B, T = pos.shape  # the new tokens' timeline (B, T), float32
         if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
             x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
+        x = x * cfg.embedding_multiplier if cfg.embedding_multiplier != 1 else x  # Granite
         x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
         key_pos = key_positions(pos, dur, rule)  # (B, T)
         if cache is not None and len(cache):  # the whole timeline, a one-example cache shared by the batch
@@ -493,8 +514,8 @@ class Transformer(nn.Module):
             ropes[sliding] = (rotary(pos[:, -T:], inv_freq, factor), rotary(key_pos, inv_freq, factor))
             biases[sliding] = duration_bias(dur, T, cfg.sliding_window if sliding else None)
         try:
-            for layer, sliding in zip(self.model.layers, cfg.sliding_layers):
-                x = layer(x, ropes[sliding], biases[sliding], cache)
+            for layer, sliding, rotates in zip(self.model.layers, cfg.sliding_layers, cfg.rope_layers):
+                x = layer(x, ropes[sliding] if rotates else None, biases[sliding], cache)
             if last_only:
                 x = x[:, -1:]
             logits = self.head(self.model.norm(x)).float()
@@ -506,7 +527,7 @@ class Transformer(nn.Module):
             cache.commit(pos, dur, rule)
         if cfg.logit_softcap:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        return logits
+        return logits / cfg.logits_scaling if cfg.logits_scaling != 1 else logits
 
     def generate(self, tokens, max_new_tokens: int, **options) -> list[int]:
         """Continue one prompt; see the module-level `generate` for the options."""
@@ -779,8 +800,8 @@ def check_config(cfg: Config) -> None:
     rope_type = (cfg.rope_scaling or {}).get("rope_type", "default")
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unsupported RoPE scaling {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
-    if len(cfg.sliding_layers) != cfg.n_layers:
-        raise ValueError(f"{len(cfg.sliding_layers)} layer types given for {cfg.n_layers} layers")
+    if len(cfg.sliding_layers) != cfg.n_layers or len(cfg.rope_layers) != cfg.n_layers:
+        raise ValueError(f"{len(cfg.sliding_layers)} layer types and {len(cfg.rope_layers)} RoPE flags given for {cfg.n_layers} layers")
     if cfg.quirks.moe and not 1 <= cfg.experts_per_token <= cfg.n_experts:
         raise ValueError(f"a mixture of experts routes each token to 1 to n_experts experts, not {cfg.experts_per_token} "
                          f"of {cfg.n_experts}")  # fmt: skip

@@ -186,9 +186,14 @@ def config_from_hf(hf: dict) -> Config:
         tie_embeddings=hf.get("tie_word_embeddings", FAMILIES[family].tied),
         sliding_window=_hf_sliding_window(hf),
         sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
+        rope_layers=tuple(hf.get("no_rope_layers") or ()),  # SmolLM3: 1 where a layer rotates, despite the name
         query_scale=hf.get("query_pre_attn_scalar"),
         attn_softcap=hf.get("attn_logit_softcapping"),
         logit_softcap=hf.get("final_logit_softcapping"),
+        attention_multiplier=hf.get("attention_multiplier"),
+        embedding_multiplier=hf.get("embedding_multiplier", 1.0),
+        residual_multiplier=hf.get("residual_multiplier", 1.0),
+        logits_scaling=hf.get("logits_scaling", 1.0),
         n_experts=hf.get("num_local_experts", 0),
         experts_per_token=hf.get("num_experts_per_tok", 0),
     )
@@ -288,11 +293,14 @@ def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, .
 # ----------------------------------------------------------------------------- GGUF
 
 # llama.cpp architecture -> contgpt family, and whether llama.cpp's converter interleaved the
-# q/k rows for its non-NeoX RoPE (true only for the llama architecture: Llama, Mistral, SmolLM)
+# q/k rows for its non-NeoX RoPE (the llama architecture, and those converted as llama: SmolLM3, Granite)
 GGUF_ARCHS = {
     "llama": ("llama", True),
     "qwen2": ("qwen2", False),
     "qwen3": ("qwen3", False),
+    "smollm3": ("smollm3", True),
+    "olmo2": ("olmo2", False),
+    "granite": ("granite", True),
     "phi3": ("phi3", False),
     "gemma": ("gemma", False),
     "gemma2": ("gemma2", False),
@@ -407,6 +415,10 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) ->
         sliding_window=get("attention.sliding_window"),
         attn_logit_softcapping=get("attn_logit_softcapping"),
         final_logit_softcapping=get("final_logit_softcapping"),
+        embedding_multiplier=get("embedding_scale", 1.0),
+        residual_multiplier=get("residual_scale", 1.0),
+        attention_multiplier=get("attention.scale"),
+        logits_scaling=get("logit_scale", 1.0),
         num_local_experts=get("expert_count", 0),
         num_experts_per_tok=get("expert_used_count", 0),
     )
@@ -418,6 +430,8 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) ->
         config["query_pre_attn_scalar"] = hidden // n_heads if n_layers in (46, 62) else head_dim
     if family == "gemma3_text":
         config["rope_local_base_freq"] = 10000.0
+    if family == "smollm3":  # llama.cpp's fixed pattern: every fourth layer without RoPE
+        config["no_rope_layers"] = [int((i + 1) % 4 != 0) for i in range(n_layers)]
     return config
 
 
@@ -449,7 +463,7 @@ def gguf_to_hf_names(name: str, cfg: Config) -> list[tuple[str, int | None]]:
         layer = f"model.layers.{parts[1]}"
         if cfg.quirks.moe and parts[2] in GGUF_EXPERT_NAMES:
             return [(f"{layer}.block_sparse_moe.experts.{e}.{GGUF_EXPERT_NAMES[parts[2]]}.{suffix}", e) for e in range(cfg.n_experts)]
-        layer_names = {**GGUF_LAYER_NAMES, **(GGUF_SANDWICH_NAMES if cfg.quirks.sandwich_norm else {})}
+        layer_names = {**GGUF_LAYER_NAMES, **(GGUF_SANDWICH_NAMES if cfg.quirks.norms != "pre" else {})}
         if cfg.quirks.fused:
             layer_names["ffn_up"] = "mlp.gate_up_proj"  # Phi-3: gate and up in one matrix
         if parts[2] in layer_names:

@@ -47,6 +47,10 @@ TINY = {
                                 "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
     "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5)),
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, no_rope_layer_interval=2)),  # layers 2 and 4 without RoPE
+    "olmo2": ("Olmo2Config", dict()),
+    "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5,
+                                      logits_scaling=2.5)),
 }  # fmt: skip
 SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
 

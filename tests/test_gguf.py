@@ -239,6 +239,10 @@ GGUF_FAMILIES = {
     "phi3": ("phi3", "Phi3Config", dict(), True),
     "qwen3": ("qwen3", "Qwen3Config", dict(head_dim=128), True),  # transformers' reader assumes 128
     "mixtral": ("llama", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2), False),  # experts stacked
+    "smollm3": ("smollm3", "SmolLM3Config", dict(num_hidden_layers=4), False),  # layer 4 without RoPE, as llama.cpp fixes it
+    "olmo2": ("olmo2", "Olmo2Config", dict(), False),
+    "granite": ("granite", "GraniteConfig", dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5,
+                                                 logits_scaling=2.5), False),
     "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
     # Llama 3.1/3.2 (llama.cpp stores the llama3 scaling as a rope_freqs tensor of divisors) and
     # Phi-3.5 (longrope: rope_factors_long/_short tensors, the context and attention factor in
@@ -297,6 +301,11 @@ def write_family(name, folder):
         writer.add_rope_dimension_count(int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)))
     if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(cfg.sliding_window)
+    if arch == "granite":
+        writer.add_embedding_scale(cfg.embedding_multiplier)
+        writer.add_residual_scale(cfg.residual_multiplier)
+        writer.add_attention_scale(cfg.attention_multiplier)
+        writer.add_logit_scale(cfg.logits_scaling)
     if arch == "gemma2":
         writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
@@ -306,7 +315,7 @@ def write_family(name, folder):
         writer.add_expert_count(cfg.num_local_experts)
         writer.add_expert_used_count(cfg.num_experts_per_tok)
         experts = {}  # (layer, w1 | w2 | w3) -> {expert: tensor}, written stacked as llama.cpp does
-    sandwich = arch in ("gemma2", "gemma3")
+    sandwich = arch in ("gemma2", "gemma3", "olmo2")  # norms after the branches, llama.cpp's names
     for hf_name, tensor in state.items():
         if ".experts." in hf_name:
             layer, expert, which = hf_name.split(".")[2], int(hf_name.split(".")[5]), hf_name.split(".")[6]
@@ -325,7 +334,7 @@ def write_family(name, folder):
         w = tensor.float().numpy()
         if arch.startswith("gemma") and "norm" in hf_name:
             w = w + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
-        if arch == "llama" and rest in ("self_attn.q_proj", "self_attn.k_proj"):  # interleaved for its RoPE
+        if arch in ("llama", "smollm3", "granite") and rest in ("self_attn.q_proj", "self_attn.k_proj"):  # interleaved for its RoPE
             heads = cfg.num_attention_heads if "q_proj" in rest else cfg.num_key_value_heads
             w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(w))
