@@ -2,8 +2,9 @@
 
 One file, read top to bottom as the model: families and config; RMSNorm; RoPE, and right after
 it the continuous time (where each key sits on the time axis, and the log-duration bias);
-attention, MLP, block, the transformer's forward; then the KV cache, generation, and at the end
-the input checks that forward reaches through one call. It uses Hugging Face parameter names as
+attention, MLP (and a mixture of experts), block, the transformer's forward; then the RoPE
+scalings of long-context checkpoints, the KV cache, generation, and at the end the input checks
+that forward reaches through one call. It uses Hugging Face parameter names as
 they are (load.py reads checkpoints into it) and, with unit durations, computes exactly the
 ordinary model. How it differs from an ordinary Llama:
 
@@ -18,8 +19,9 @@ ordinary model. How it differs from an ordinary Llama:
    word halfway between two words is just a mixed row); family scalings are applied here.
 4. The KV cache keeps each key's position and duration beside its rotated key and value, so
    generation can continue a prefix that lives on a continuous timeline.
-5. Mistral, Qwen2/3, Gemma 1/2/3 and Phi-3 differ from Llama only through the FAMILIES table and a
-   few config values (windows, soft-caps, RoPE bases), not through branches scattered around.
+5. Mistral, Qwen2/3, Gemma 1/2/3, Phi-3, SmolLM3, OLMo 2, Granite and Mixtral differ from Llama
+   only through the FAMILIES table and config values (windows, soft-caps, RoPE bases and
+   scalings, multipliers, experts), not through branches on a family's name.
 6. The attention weights pass through a named identity module (`self_attn.probs`), so ordinary
    forward hooks can watch them (the explorer does) at no cost when none is registered.
 
@@ -144,69 +146,18 @@ class RMSNorm(nn.Module):
 
 # ----------------------------------------------------------------------------- rotary
 
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
-
-
 def inverse_frequencies(cfg: Config, local: bool, length: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """RoPE frequencies in float32, and the attention factor that multiplies cos and sin.
-
-    Frequencies are (rotary_dim // 2,), or (B, rotary_dim // 2) for the two scalings that depend
-    on how long each example's timeline is (dynamic, longrope): `length` (B,), see
-    `timeline_length`. `local`: Gemma 3's sliding layers, which use plain RoPE of their own base.
-    The scalings' parameters are complete here: load.py fills in each type's defaults.
-    """
+    """RoPE frequencies (rotary_dim // 2,) in float32, and the attention factor that multiplies
+    cos and sin (1 but for yarn and longrope). Long-context checkpoints scale the frequencies
+    (`scaled_frequencies`, after the model); two scalings depend on each example's `length`
+    (B,) and then give (B, rotary_dim // 2). `local`: Gemma 3's sliding layers, plain RoPE of
+    their own base."""
     rotary_dim = int(cfg.head_dim * cfg.rotary_fraction)
     theta = cfg.rope_local_theta if local else cfg.rope_theta
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim  # (r/2,)
-    inv_freq = 1.0 / (theta**exponents)
-    s = {"rope_type": "default"} if local or cfg.rope_scaling is None else cfg.rope_scaling
-    kind, context = s["rope_type"], s.get("original_max_position_embeddings")
-    if kind == "linear":  # stretch time: all angles divided by the factor
-        return inv_freq / s["factor"], 1.0
-    if kind == "dynamic":  # NTK: a larger base once the timeline outgrows the context (trained length)
-        grown = length.clamp(min=context) / context  # (B,)
-        base = theta * (s["factor"] * grown - (s["factor"] - 1)) ** (rotary_dim / (rotary_dim - 2))
-        return 1.0 / base[:, None] ** exponents, 1.0
-    if kind == "yarn":  # long wavelengths divided by the factor, short ones kept, a linear ramp between
-        ramp = _ramp(rotary_dim, theta, context, s["beta_fast"], s["beta_slow"], s["truncate"])
-        return inv_freq / s["factor"] * ramp + inv_freq * (1 - ramp), s["attention_factor"]
-    if kind == "longrope":  # per-frequency divisors: the long set once the timeline outgrows the context
-        long, short = torch.tensor(s["long_factor"]), torch.tensor(s["short_factor"])
-        divisors = torch.where((length > context)[:, None].cpu(), long, short)  # (B, r/2)
-        return inv_freq / divisors, s["attention_factor"]
-    if kind == "llama3":  # long wavelengths divided by the factor, short ones kept, a smooth ramp between
-        return llama3_frequencies(inv_freq, s), 1.0
-    return inv_freq, 1.0
-
-
-def _ramp(rotary_dim: int, theta: float, context: int, beta_fast: float, beta_slow: float, truncate: bool) -> torch.Tensor:
-    """YaRN's ramp (r/2,): 0 for the dims that turn more than beta_fast times over the context, 1
-    for those that turn fewer than beta_slow times, linear between."""
-
-    def dim_turning(turns):  # the dim whose wavelength fits `turns` times into the context
-        return rotary_dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(theta))
-
-    low, high = dim_turning(beta_fast), dim_turning(beta_slow)
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, rotary_dim - 1)
-    high = high + 0.001 if low == high else high  # no division by 0
-    return ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-
-
-def llama3_frequencies(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
-    """Llama 3.1's scaling: frequencies whose wavelength exceeds context / low_freq_factor divided
-    by the factor, those below context / high_freq_factor kept, a smooth blend between. A GGUF
-    file stores the result as per-frequency divisors (llama.cpp's rope_freqs tensor)."""
-    if "divisors" in s:
-        return inv_freq / torch.tensor(s["divisors"], dtype=torch.float32)
-    factor, low, high, context = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
-    smooth = (context / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= context / high) & (wavelen <= context / low)
-    return torch.where(medium, smoothed, scaled)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    if local or cfg.rope_scaling is None:
+        return inv_freq, 1.0
+    return scaled_frequencies(inv_freq, cfg.rope_scaling, theta, length)
 
 
 def timeline_length(positions: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
@@ -532,6 +483,64 @@ class Transformer(nn.Module):
     def generate(self, tokens, max_new_tokens: int, **options) -> list[int]:
         """Continue one prompt; see the module-level `generate` for the options."""
         return generate(self, tokens, max_new_tokens, **options)
+
+
+# ----------------------------------------------------------------------------- RoPE scalings
+# How long-context checkpoints stretch RoPE beyond the context they were trained on. Each takes
+# the plain frequencies; load.py fills in every parameter a type reads.
+
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+
+def scaled_frequencies(inv_freq: torch.Tensor, s: dict, theta: float, length: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(frequencies, attention factor) under the scaling s. dynamic and longrope depend on how
+    long each example's timeline is, `length` (B,) (see `timeline_length`): (B, r/2) then."""
+    kind, context, rotary_dim = s["rope_type"], s.get("original_max_position_embeddings"), 2 * len(inv_freq)
+    if kind == "linear":  # stretch time: all angles divided by the factor
+        return inv_freq / s["factor"], 1.0
+    if kind == "dynamic":  # NTK: a larger base once the timeline outgrows the context
+        grown = length.clamp(min=context) / context  # (B,)
+        base = theta * (s["factor"] * grown - (s["factor"] - 1)) ** (rotary_dim / (rotary_dim - 2))
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim
+        return 1.0 / base[:, None] ** exponents, 1.0
+    if kind == "yarn":  # long wavelengths divided by the factor, short ones kept, a linear ramp between
+        ramp = _ramp(rotary_dim, theta, context, s["beta_fast"], s["beta_slow"], s["truncate"])
+        return inv_freq / s["factor"] * ramp + inv_freq * (1 - ramp), s["attention_factor"]
+    if kind == "longrope":  # per-frequency divisors: the long set once the timeline outgrows the context
+        long, short = torch.tensor(s["long_factor"]), torch.tensor(s["short_factor"])
+        divisors = torch.where((length > context)[:, None].cpu(), long, short)  # (B, r/2)
+        return inv_freq / divisors, s["attention_factor"]
+    return llama3_frequencies(inv_freq, s), 1.0
+
+
+def _ramp(rotary_dim: int, theta: float, context: int, beta_fast: float, beta_slow: float, truncate: bool) -> torch.Tensor:
+    """YaRN's ramp (r/2,): 0 for the dims that turn more than beta_fast times over the context, 1
+    for those that turn fewer than beta_slow times, linear between."""
+
+    def dim_turning(turns):  # the dim whose wavelength fits `turns` times into the context
+        return rotary_dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_turning(beta_fast), dim_turning(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    high = high + 0.001 if low == high else high  # no division by 0
+    return ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3.1's scaling: frequencies whose wavelength exceeds context / low_freq_factor divided
+    by the factor, those below context / high_freq_factor kept, a smooth blend between. A GGUF
+    file stores the result as per-frequency divisors (llama.cpp's rope_freqs tensor)."""
+    if "divisors" in s:
+        return inv_freq / torch.tensor(s["divisors"], dtype=torch.float32)
+    factor, low, high, context = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(medium, smoothed, scaled)
 
 
 # ----------------------------------------------------------------------------- KV cache
