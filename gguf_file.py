@@ -98,6 +98,18 @@ class GGUFFile:
             raise IndexError("string runs past the end of the file")
         return bytes(self.data[self.pos - n : self.pos]).decode("utf-8")
 
+    def _strings(self, count: int) -> list[str]:
+        """`count` strings in a row, in one tight loop (half the time of a _string call for each)."""
+        data, pos, length, out = self.data, self.pos, struct.Struct("<Q").unpack_from, []
+        for _ in range(count):
+            (n,) = length(data, pos)
+            out.append(data[pos + 8 : pos + 8 + n].decode("utf-8"))
+            pos += 8 + n
+        if pos > len(data):
+            raise IndexError("string runs past the end of the file")
+        self.pos = pos
+        return out
+
     def _value(self, kind: int):
         if kind == self.STRING:
             return self._string()
@@ -108,6 +120,8 @@ class GGUFFile:
                 values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos)
                 self.pos += dtype.itemsize * count
                 return values.tolist()
+            if element == self.STRING:  # a vocabulary or its merges: 150k strings and more
+                return self._strings(count)
             return [self._value(element) for _ in range(count)]
         if kind not in self.SCALARS:
             raise ValueError(f"{self.path}: unknown GGUF value type {kind}")

@@ -36,7 +36,7 @@ import precision as prec
 from contgpt import FAMILIES, ROPE_TYPES, Config, Quirks, Transformer
 from download import Release, cache_dir, fetch_assembled, forget, verify_again
 from gguf_file import FORMATS, GGUFFile, UnreadableGGUF
-from tokenizer import Tokenizer, gguf_tokenizer_files
+from tokenizer import Tokenizer, gguf_bpe_tokenizer, gguf_tokenizer_files
 
 
 def load(source: str | Path, dtype="auto", device: str | torch.device | None = None):
@@ -376,7 +376,10 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
 
 
 def gguf_tokenizer(meta: dict) -> Tokenizer:
-    """The tokenizer of a GGUF vocabulary, through the Hugging Face files it corresponds to."""
+    """The tokenizer of a GGUF vocabulary: byte-level BPE built from its lists, SentencePiece
+    through the model file it corresponds to."""
+    if meta.get("tokenizer.ggml.model") == "gpt2":
+        return gguf_bpe_tokenizer(meta)
     with tempfile.TemporaryDirectory(prefix="contgpt-tokenizer-") as folder:
         for name, content in gguf_tokenizer_files(meta).items():
             (Path(folder) / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))

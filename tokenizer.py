@@ -384,6 +384,28 @@ def gguf_tokenizer_files(meta: dict) -> dict[str, str | bytes]:
     return files
 
 
+def gguf_bpe_tokenizer(meta: dict) -> BPETokenizer:
+    """The byte-level BPE vocabulary of a GGUF file's metadata as a tokenizer, built straight from
+    its lists: the tokenizer.json that gguf_tokenizer_files writes, without writing and parsing it
+    (a 151k-token vocabulary's JSON round trip cost seconds at every load)."""
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type") or [GGUF_NORMAL] * len(tokens)
+    pre = meta.get("tokenizer.ggml.pre", "gpt-2")
+    if pre not in GGUF_PRE:
+        raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(GGUF_PRE)}")
+    specials = {tokens[i]: i for i, kind in enumerate(types) if kind in (GGUF_CONTROL, GGUF_USER_DEFINED)}
+    bos, eos = (meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos"))
+    merges = [m.split(" ") for m in meta.get("tokenizer.ggml.merges", [])]
+    tokenizer = BPETokenizer.from_vocab(
+        {t: i for i, t in enumerate(tokens)}, merges, specials, PATTERNS[GGUF_PRE[pre]],
+        bos_id=specials.get(tokens[bos]) if bos is not None else None,
+        eos_id=specials.get(tokens[eos]) if eos is not None else None,
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), nfc=GGUF_PRE[pre] == "qwen2", name="gguf",
+    )  # fmt: skip
+    tokenizer.chat_template = meta.get("tokenizer.chat_template")
+    return tokenizer
+
+
 # llama.cpp's pre-tokenizer names for byte-level BPE vocabularies, and their split regexes
 GGUF_PRE = {"gpt-2": "gpt2", "qwen2": "qwen2", "llama-bpe": "llama-bpe", "llama3": "llama-bpe", "smollm": "smollm"}
 

@@ -446,6 +446,24 @@ def test_byte_level_gguf_vocabulary_agrees_with_tokenizers(tmp_path):
         assert ours.encode(text) == reference.encode(text).ids, text
 
 
+@pytest.mark.parametrize("vocab", ["llama-bpe", "qwen2"])
+def test_byte_level_gguf_tokenizer_is_built_as_its_tokenizer_json_reads(vocab, tmp_path):
+    """load() builds a byte-level GGUF vocabulary straight from its lists; the same ids, BOS,
+    EOS and chat template as the tokenizer.json route that the tests above hold to tokenizers."""
+    from conftest import varied_strings
+    from tokenizer import gguf_bpe_tokenizer
+
+    meta = GGUFFile(llama_cpp_vocab_dir() / f"ggml-vocab-{vocab}.gguf").metadata
+    for name, content in gguf_tokenizer_files(meta).items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    direct, via_json = gguf_bpe_tokenizer(meta), Tokenizer.from_dir(tmp_path)
+    assert (direct.bos_id, direct.eos_id, direct.add_bos, direct.vocab_size, direct.chat_template) == (
+        via_json.bos_id, via_json.eos_id, via_json.add_bos, via_json.vocab_size, via_json.chat_template)
+    for text in varied_strings(240):
+        assert direct.encode(text) == via_json.encode(text), text
+        assert direct.encode_with_offsets(text) == via_json.encode_with_offsets(text), text
+
+
 # ----------------------------------------------------------------------------- real models
 
 
