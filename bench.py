@@ -236,6 +236,7 @@ def worker_shapes(args) -> dict:
         try:
             with torch.device(device):
                 model = Transformer(Config(**shape)).eval()
+                torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.02)  # a Transformer's embedding starts empty
         finally:
             torch.set_default_dtype(default)
         sweep = lambda m=model: last_logits(m, tokens, durations=durations.to(device))  # noqa: E731

@@ -135,7 +135,8 @@ class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, offset: float):
         super().__init__()
         self.eps, self.offset = eps, offset
-        self.weight = nn.Parameter(torch.ones(dim) - offset)
+        # 1 - offset, built by full: arithmetic on the meta device, where load() builds, imports torch._dynamo (2 s)
+        self.weight = nn.Parameter(torch.full((dim,), 1.0 - offset))
 
     def forward(self, x):
         # in float32 whatever the dtype: the mean of squares overflows or loses bits in 16 bits
@@ -397,7 +398,9 @@ class Transformer(nn.Module):
         self.config = cfg
         self.model = nn.ModuleDict(
             dict(
-                embed_tokens=nn.Embedding(cfg.vocab_size, cfg.dim),
+                # left uninitialised: load() assigns every weight from the checkpoint (drawing random rows
+                # on the meta device would go through Python and import torch._dynamo: 2 s per load)
+                embed_tokens=nn.Embedding(cfg.vocab_size, cfg.dim, _weight=torch.empty(cfg.vocab_size, cfg.dim)),
                 layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers)),
                 norm=RMSNorm(cfg.dim, cfg.norm_eps, cfg.quirks.norm_offset),
             )
