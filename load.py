@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -371,8 +372,13 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
             yield (rows if order is None else order[rows]), values - offset if offset else values
 
     shapes = {hf: tensors[name][1][1:] if expert is not None else tensors[name][1] for hf, (name, expert) in names.items()}
-    model = build(cfg, shapes, produce, precision, device, where=path)
-    return model, gguf_tokenizer(meta) if "tokenizer.ggml.tokens" in meta else None
+    if "tokenizer.ggml.tokens" not in meta:
+        return build(cfg, shapes, produce, precision, device, where=path), None
+    # the tokenizer is built in Python while torch dequantizes the weights, which frees the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tokenizer = pool.submit(gguf_tokenizer, meta)
+        model = build(cfg, shapes, produce, precision, device, where=path)
+        return model, tokenizer.result()
 
 
 def gguf_tokenizer(meta: dict) -> Tokenizer:
