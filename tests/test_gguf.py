@@ -251,6 +251,9 @@ GGUF_FAMILIES = {
     "llama3_rope_freqs": ("llama", "LlamaConfig", dict(head_dim=16, rope_parameters=dict(
         rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100,
         rope_theta=10000.0)), False),
+    "qwen2_yarn": ("qwen2", "Qwen2Config", dict(max_position_embeddings=32, rope_parameters=dict(  # Qwen2.5's opt-in x4
+        rope_type="yarn", factor=4.0, original_max_position_embeddings=8, rope_theta=100.0)), False),
+    "llama_linear": ("llama", "LlamaConfig", dict(rope_parameters=dict(rope_type="linear", factor=2.5, rope_theta=10000.0)), False),
     "phi3_longrope": ("phi3", "Phi3Config", dict(max_position_embeddings=32, original_max_position_embeddings=4,
         rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0],
                              rope_theta=10000.0)), False),
@@ -350,7 +353,9 @@ def write_family(name, folder):
 
 def llama_cpp_rope_tensors(cfg, writer, head_dim) -> dict:
     """The RoPE tensors (and their metadata) llama.cpp's converter writes for a llama3 or
-    longrope scaling, computed as it computes them."""
+    longrope scaling, computed as it computes them; linear and yarn are metadata only."""
+    import gguf
+
     rope = cfg.rope_parameters
     kind, dim = rope.get("rope_type"), int(head_dim * rope.get("partial_rotary_factor", 1.0))
     if kind == "llama3":
@@ -366,6 +371,11 @@ def llama_cpp_rope_tensors(cfg, writer, head_dim) -> dict:
                 smooth = (context / wavelen - low) / (high - low)
                 divisors.append(1 / ((1 - smooth) / factor + smooth))
         return {"rope_freqs.weight": np.array(divisors, dtype=np.float32)}
+    if kind in ("linear", "yarn"):  # metadata only
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if kind == "linear" else gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(rope["factor"])
+        if kind == "yarn":
+            writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     if kind == "longrope":
         context = cfg.original_max_position_embeddings
         scale = cfg.max_position_embeddings / context
