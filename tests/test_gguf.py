@@ -389,9 +389,10 @@ def llama_cpp_rope_tensors(cfg, writer, head_dim) -> dict:
 @pytest.mark.slow  # transformers' own GGUF reader
 @pytest.mark.parametrize("name", list(GGUF_FAMILIES))
 def test_families_in_gguf_match_transformers(name, tmp_path):
-    """Measured: exactly 0 against the source checkpoint for every family, up to 7.6e-6
-    against transformers' GGUF reader (Gemma 3; it computes some steps in another order);
-    tolerance 2e-5, for logits spread over 4 to 58."""
+    """Measured (2026-12-02): exactly 0 against the source checkpoint for every family but
+    mixtral and phi3_longrope (2.4e-6 each: another summation order), up to 7.6e-6 against
+    transformers' GGUF reader (Gemma 3; it computes some steps in another order); tolerance
+    2e-5, for logits spread over 4 to 58."""
     from conftest import VOCAB, random_timeline, reference_model
 
     hf, path = write_family(name, tmp_path)
