@@ -10,7 +10,13 @@ prompt, the next-token distribution under a timeline, a batched sweep over a dur
 interpolation weight, and the last position's attention weights in one layer. The server binds
 to 127.0.0.1 unless --host says otherwise, reads no file and loads no model on request, bounds
 every input, and runs one computation at a time: a request that a newer one from the same page
-has overtaken while it waited is answered "superseded" without computing.
+has overtaken while it waited is answered "superseded" without computing, and one whose client
+has gone is dropped (a sweep at its next batch).
+
+No other web page can make it compute: a request must name this server in its Host header (so
+a DNS-rebound name is refused), must not come from another Origin, and posts JSON, which a
+page elsewhere cannot send without a CORS preflight this server never answers. A client has
+READ_TIMEOUT seconds to send its request.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import select
+import socket
 import sys
 import threading
 import time
@@ -42,12 +50,18 @@ MAX_TOKENS = 512
 MAX_DURATION = 100.0
 MAX_POINTS = 200  # of a sweep
 MAX_ANSWERS, MAX_ANSWER_CHARS, MAX_WORD_CHARS = 20, 32, 64
-MAX_REQUESTS = 32  # handled at once; more are answered 503 at once
+MAX_SWEEP_WORK = 20_000  # points x tokens of one sweep: at most a few minutes on two CPU cores
+MAX_REQUESTS = 32  # computed or waiting at once; more are answered 503 at once
+READ_TIMEOUT = 10.0  # seconds a client has to send its request line, headers and body
 TOP = 10
 
 
 class BadRequest(ValueError):
     """What the page asked for is not possible: answered 400 with the reason."""
+
+
+class ClientGone(Exception):
+    """The client closed its connection: whatever it asked for is dropped."""
 
 
 @dataclass
@@ -119,6 +133,9 @@ class Explorer:
         if request.interpolation:
             xs = torch.linspace(0.0, 1.0, points)
             return request, xs, self.inputs(request, xs.tolist())[0]
+        if points * len(request.ids) > MAX_SWEEP_WORK:
+            raise BadRequest(f"a sweep of {points} points over {len(request.ids)} tokens is more than the explorer runs at once "
+                             f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt")  # fmt: skip
         selected = _indices(body.get("selected"), len(request.ids))
         if not selected:
             raise BadRequest("select the tokens whose duration the sweep changes")
@@ -255,15 +272,18 @@ class Explorer:
 
     # ------------------------------------------------------------------------- one at a time
 
-    def run(self, client: str, compute):
+    def run(self, client: str, compute, gone=lambda: False):
         """compute() under the model's lock, unless a newer request from this client (page and
-        endpoint) arrived while this one waited: then None (superseded), without computing."""
+        endpoint) arrived while this one waited: then None (superseded), without computing; or
+        the client left while it waited (gone()): then ClientGone."""
         with self.counter:
             self.tickets += 1
             ticket = self.latest[client] = self.tickets
         with self.lock:
             if self.latest.get(client) != ticket:
                 return None
+            if gone():
+                raise ClientGone
             with torch.no_grad():
                 return compute()
 
@@ -310,13 +330,16 @@ def _indices(value, n: int) -> list[int]:
 # ----------------------------------------------------------------------------- HTTP
 
 
-def handler_for(explorer: Explorer):
+def handler_for(explorer: Explorer, open_to_network: bool = False):
     slots = threading.BoundedSemaphore(MAX_REQUESTS)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "contgpt-explorer"
+        timeout = READ_TIMEOUT  # on the socket: a client that stalls while sending is dropped
 
         def do_GET(self):
+            if refused := self.cross_origin():
+                return self.send_json(HTTPStatus.FORBIDDEN, {"error": refused})
             if self.path == "/":
                 return self.send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
             if self.path == "/api/info":
@@ -324,23 +347,59 @@ def handler_for(explorer: Explorer):
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path[:100]!r}"})
 
         def do_POST(self):
+            if refused := self.cross_origin():
+                return self.send_json(HTTPStatus.FORBIDDEN, {"error": refused})
+            if self.headers.get_content_type() != "application/json":
+                self.close_connection = True
+                return self.send_json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "the explorer takes application/json bodies only"})
+            try:
+                body = self.read_body()
+            except BadRequest as e:
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except TimeoutError:  # a slow sender holds no slot and no model time: it is just dropped
+                self.close_connection = True
+                return self.send_json(HTTPStatus.REQUEST_TIMEOUT, {"error": f"the request took over {READ_TIMEOUT:g} s to arrive"})
             if not slots.acquire(blocking=False):
                 return self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests at once; try again"})
             try:
-                self.post()
+                self.post(body)
+            except (ClientGone, BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the page moved on; nobody is listening
             finally:
                 slots.release()
 
-        def post(self):
+        def cross_origin(self) -> str | None:
+            """Why this request may come from a page of another origin, or None. The Host must be
+            this server's own address (a loopback name and its port) unless --host opened it to
+            the network; an Origin, when a browser sends one, must be this server's."""
+            host = self.headers.get("Host", "").lower()
+            port = self.server.server_address[1]
+            own = {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+            if not open_to_network and host not in own:
+                return f"this server answers to http://127.0.0.1:{port}/ only, not to Host {host[:100]!r}"
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.lower() != f"http://{host}":
+                return f"requests from another origin ({origin[:100]!r}) are refused"
+            return None
+
+        def client_gone(self) -> bool:
+            """Whether the client closed its connection (a page reloaded, a fetch cancelled):
+            its end of the socket reads as closed, not as more data."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return True
+
+        def post(self, body: dict):
             routes = {"/api/tokenize": explorer.tokenize, "/api/predict": explorer.predict, "/api/sweep": None}
             if self.path not in routes:
                 return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path[:100]!r}"})
             try:
-                body = self.read_body()
                 client = f"{str(body.get('client', ''))[:64]}{self.path}"
                 if self.path == "/api/sweep":
                     return self.stream_sweep(explorer.sweep_plan(body), client)
-                result = explorer.run(client, lambda: routes[self.path](body))
+                result = explorer.run(client, lambda: routes[self.path](body), self.client_gone)
             except BadRequest as e:
                 return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
             except ValueError as e:  # the library's own checks (a token that sees no key, a word with no token...)
@@ -356,6 +415,9 @@ def handler_for(explorer: Explorer):
                 self.close_connection = True
                 raise BadRequest(f"a request body must be 1 to {MAX_BODY} bytes, not {length}")
             raw = self.rfile.read(length)
+            if len(raw) < length:
+                self.close_connection = True
+                raise BadRequest(f"the request body ended after {len(raw)} of {length} bytes")
             try:
                 body = json.loads(raw, parse_constant=_refuse_constant)
             except (ValueError, RecursionError) as e:
@@ -366,16 +428,23 @@ def handler_for(explorer: Explorer):
 
         def stream_sweep(self, plan, client: str):
             """One JSON object per line: progress, then the result (or an error). The plan was
-            checked before: bad input is a 400, not a stream."""
+            checked before: bad input is a 400, not a stream. A client that leaves stops the
+            sweep at its next batch."""
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.close_connection = True
             write = lambda data: (self.wfile.write((json.dumps(data) + "\n").encode()), self.wfile.flush())  # noqa: E731
+
+            def progress(done, total):
+                if self.client_gone():
+                    raise ClientGone
+                write({"done": done, "total": total})
+
             started = time.perf_counter()
             try:
-                result = explorer.run(client, lambda: explorer.sweep(plan, lambda done, total: write({"done": done, "total": total})))
+                result = explorer.run(client, lambda: explorer.sweep(plan, progress), self.client_gone)
             except ValueError as e:
                 return write({"error": str(e)})
             write({"superseded": True} if result is None else {**result, "seconds": time.perf_counter() - started})
@@ -384,12 +453,15 @@ def handler_for(explorer: Explorer):
             self.send(status, json.dumps(data).encode(), "application/json")
 
         def send(self, status, body: bytes, kind: str):
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True  # the client left before its answer: nothing to tell it
 
         def log_message(self, *args):
             pass
@@ -401,11 +473,22 @@ def _refuse_constant(name: str):
     raise BadRequest(f"{name} is not a number the explorer takes")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that left mid-answer is no error worth a traceback; anything else is."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    """A server for the page, not yet serving (call serve_forever, or run it in a thread)."""
-    server = ThreadingHTTPServer((host, port), handler_for(explorer))
-    server.daemon_threads = True
-    return server
+    """A server for the page, not yet serving (call serve_forever, or run it in a thread). On a
+    loopback address it answers only requests that name it; on any other, every Host."""
+    return Server((host, port), handler_for(explorer, open_to_network=host not in LOOPBACK))
 
 
 def main(argv=None):
@@ -419,7 +502,7 @@ def main(argv=None):
         server = serve(Explorer(model, tokenizer, args.model), args.host, args.port)
     except OSError as e:
         raise SystemExit(f"cannot listen on {args.host}:{args.port} ({e.strerror}); choose another --port") from e
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         print(f"WARNING: listening on {args.host}: anyone who can reach this machine can use the model", file=sys.stderr)
     host, port = server.server_address[:2]
     print(f"explorer: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/  (Ctrl-C to stop)", flush=True)

@@ -1,0 +1,162 @@
+"""The explorer's server against what a page of another origin, a slow client and a client that
+leaves can do. A tiny random model with a trained tokenizer stands in for the default model (the
+server's rules do not depend on it), so these run in the quick tier; every connection goes to
+127.0.0.1, and every loop is bounded in count and time."""
+
+import http.client
+import importlib.util
+import json
+import socket
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from conftest import ROOT
+
+from contgpt import Config, Transformer
+from precision import resolve
+from tokenizer import Tokenizer
+
+if "explore" not in sys.modules:  # test_explorer.py loads it the same way
+    spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
+    sys.modules["explore"] = importlib.util.module_from_spec(spec)  # (its dataclasses look themselves up there)
+    spec.loader.exec_module(sys.modules["explore"])
+explore = sys.modules["explore"]
+
+BATCH_SECONDS = 0.1  # of the slow sweep below
+READ_TIMEOUT = 1.5  # the server's, shortened for these tests
+
+
+class CountingExplorer(explore.Explorer):
+    """Counts what it computes; its sweeps take BATCH_SECONDS a batch, for 100 batches."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.predictions = self.batches = 0
+
+    def predict(self, body):
+        self.predictions += 1
+        return super().predict(body)
+
+    def sweep(self, plan, progress):
+        for done in range(1, 101):
+            time.sleep(BATCH_SECONDS)
+            self.batches += 1
+            progress(done, 100)
+        return {"x": [], "curves": {}, "other": []}
+
+
+@pytest.fixture(scope="module")
+def server(trained_bpe_json):
+    tokenizer = Tokenizer.from_file(trained_bpe_json)
+    cfg = Config(family="qwen2", vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    model.precision = resolve("float32", torch.device("cpu"))  # what load() sets
+    explorer = CountingExplorer(model.eval(), tokenizer, "tiny")
+    saved, explore.READ_TIMEOUT = explore.READ_TIMEOUT, READ_TIMEOUT
+    try:
+        httpd = explore.serve(explorer, "127.0.0.1", 0)
+    finally:
+        explore.READ_TIMEOUT = saved
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield explorer, httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+PREDICT = {"prompt": "apple apple apple", "answers": ["1", "2"], "layer": 0}
+
+
+def post(port, path, body, headers=None, timeout=10):
+    """(status, JSON answer) of one POST, with the headers a same-origin page sends unless overridden."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    sent = {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}", **(headers or {})}
+    connection.request("POST", path, json.dumps(body).encode(), sent)
+    response = connection.getresponse()
+    status, text = response.status, response.read().decode()
+    connection.close()
+    return status, json.loads(text.splitlines()[-1])
+
+
+def test_the_page_s_own_requests_are_served(server):
+    explorer, port = server
+    assert post(port, "/api/predict", PREDICT)[0] == 200
+    assert post(port, "/api/predict", PREDICT, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
+
+
+@pytest.mark.parametrize("headers, status, reason", [
+    ({"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}, 403, "answers to http://127.0.0.1"),  # DNS rebinding
+    ({"Origin": "http://evil.example"}, 403, "another origin"),
+    ({"Origin": "null"}, 403, "another origin"),
+    ({"Content-Type": "text/plain"}, 415, "application/json"),  # what a page elsewhere can send without preflight
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+])  # fmt: skip
+def test_nothing_another_origin_could_send_is_computed(server, headers, status, reason):
+    explorer, port = server
+    before = explorer.predictions
+    answer = post(port, "/api/predict", PREDICT, headers)
+    assert answer[0] == status and reason in answer[1]["error"]
+    assert explorer.predictions == before
+
+
+def test_no_cors_headers_are_sent(server):
+    _, port = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("OPTIONS", "/api/predict", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    response = connection.getresponse()
+    assert response.status == 501 and not any(h.lower().startswith("access-control") for h in response.headers)
+    connection.close()
+
+
+def test_slow_senders_hold_no_slot_and_are_dropped(server):
+    """40 connections that announce 1000 bytes and send 10 (more than the 32 slots): a normal
+    request is answered at once, and each slow one is dropped after READ_TIMEOUT."""
+    explorer, port = server
+    slow = []
+    for _ in range(40):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: 1000\r\n\r\n{{\"prompt\":".encode())  # fmt: skip
+        slow.append(s)
+    started = time.perf_counter()
+    assert post(port, "/api/predict", PREDICT)[0] == 200
+    assert time.perf_counter() - started < 2.0
+    deadline = time.perf_counter() + READ_TIMEOUT + 5
+    for s in slow:
+        s.settimeout(max(0.1, deadline - time.perf_counter()))
+        answer = s.recv(4096)  # the 408, then the close; never a hang
+        assert answer.startswith(b"HTTP/1.0 408") or answer == b"", answer[:100]
+        s.close()
+    assert time.perf_counter() < deadline
+
+
+def test_an_abandoned_sweep_stops_at_its_next_batch(server, capfd):
+    explorer, port = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = {**PREDICT, "points": 5, "selected": [0], "low": 0.5, "high": 1.0}
+    connection.request("POST", "/api/sweep", json.dumps(body).encode(),
+                       {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"})  # fmt: skip
+    response = connection.getresponse()
+    assert json.loads(response.fp.readline()) == {"done": 1, "total": 100}
+    response.close()  # the page cancelled, or moved on: its end of the connection closes
+    connection.close()
+    started = time.perf_counter()
+    assert post(port, "/api/predict", PREDICT)[0] == 200  # waits for one batch at most
+    waited = time.perf_counter() - started
+    batches = explorer.batches
+    time.sleep(5 * BATCH_SECONDS)
+    assert waited < 2 * BATCH_SECONDS + 1.0 and explorer.batches == batches < 10
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_sweep_past_the_work_cap_is_refused_before_it_runs(server):
+    explorer, port = server
+    long = " ".join(["apple"] * 150)
+    status, answer = post(port, "/api/sweep", {**PREDICT, "prompt": long, "points": 200, "selected": [0], "low": 0.1, "high": 1.0})
+    assert status == 400 and "points x tokens" in answer["error"]
