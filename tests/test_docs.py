@@ -110,10 +110,16 @@ def test_the_tour_points_at_the_lines_it_names():
     tour = re.findall(r"\[`([\w.]+)`\]\(contgpt\.py#L(\d+)\)", (ROOT / "README.md").read_text())
     assert len(tour) >= 8
     for name, line in tour:
-        *owner, leaf = name.split(".")
-        text = source[int(line) - 1]
-        pattern = rf"\s+def {leaf}\b" if owner else rf"(def|class) {leaf}\b|{leaf} = "  # a method, or top level
-        assert re.match(pattern, text), f"README: contgpt.py line {line} is {text!r}, not {name}"
-        if owner:
-            classes = [s for s in source[: int(line)] if s.startswith("class ")]
-            assert classes[-1].startswith(f"class {owner[0]}"), f"README: contgpt.py line {line} is not in {owner[0]}"
+        assert int(line) == definition_line(source, name), f"README: {name} is at contgpt.py#L{definition_line(source, name)}, not #L{line}"
+
+
+def definition_line(source: list[str], name: str) -> int | None:
+    """The line defining a top-level name, or Class.method."""
+    *owner, leaf = name.split(".")
+    pattern = rf"\s+def {leaf}\b" if owner else rf"(def|class) {leaf}\b|{leaf} = "  # a method, or top level
+    cls = None
+    for number, text in enumerate(source, start=1):
+        cls = text.split()[1].split("(")[0].rstrip(":") if text.startswith("class ") else cls
+        if re.match(pattern, text) and (not owner or cls == owner[0]):
+            return number
+    return None
