@@ -22,8 +22,10 @@ ordinary model. How it differs from an ordinary Llama:
 5. Mistral, Qwen2/3, Gemma 1/2/3, Phi-3, SmolLM3, OLMo 2, Granite and Mixtral differ from Llama
    only through the FAMILIES table and config values (windows, soft-caps, RoPE bases and
    scalings, multipliers, experts), not through branches on a family's name.
-6. The attention weights pass through a named identity module (`self_attn.probs`), so ordinary
-   forward hooks can watch them (the explorer does) at no cost when none is registered.
+6. The attention weights pass through a named identity module (`self_attn.probs`), and so does
+   the residual stream entering and leaving each block (`resid_in`, `resid_out`), so ordinary
+   forward hooks can watch or replace them (the explorer, lens.py) at no cost when none is
+   registered.
 
 Sliding windows count tokens (sequence indices), as in the discrete models, not units of time.
 
@@ -373,17 +375,21 @@ class Block(nn.Module):
             self.post_feedforward_layernorm = norm()
         if self.norms == "sandwich":
             self.pre_feedforward_layernorm = norm()
+        # places for forward hooks to see (or replace) the residual stream: free when unhooked
+        self.resid_in, self.resid_out = nn.Identity(), nn.Identity()
 
     def forward(self, x, rope, duration_bias, cache):
+        x = self.resid_in(x)  # (B, T, dim): the residual stream entering the block
         if self.norms == "post":  # OLMo 2: each branch's output is normalised, its input is not
             x = x + self.post_attention_layernorm(self.self_attn(x, rope, duration_bias, cache))
-            return x + self.post_feedforward_layernorm(self.feed_forward(x))
-        h = self.self_attn(self.input_layernorm(x), rope, duration_bias, cache)
-        if self.norms == "sandwich":  # Gemma 2/3: post_attention_layernorm normalises the attention output
-            x = x + self.post_attention_layernorm(h)
-            return x + self.post_feedforward_layernorm(self.feed_forward(self.pre_feedforward_layernorm(x)))
-        x = x + self.residual * h  # Llama: post_attention_layernorm is the norm in front of the MLP
-        return x + self.residual * self.feed_forward(self.post_attention_layernorm(x))
+            x = x + self.post_feedforward_layernorm(self.feed_forward(x))
+        elif self.norms == "sandwich":  # Gemma 2/3: post_attention_layernorm normalises the attention output
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), rope, duration_bias, cache))
+            x = x + self.post_feedforward_layernorm(self.feed_forward(self.pre_feedforward_layernorm(x)))
+        else:  # Llama: post_attention_layernorm is the norm in front of the MLP
+            x = x + self.residual * self.self_attn(self.input_layernorm(x), rope, duration_bias, cache)
+            x = x + self.residual * self.feed_forward(self.post_attention_layernorm(x))
+        return self.resid_out(x)  # and leaving it
 
     def feed_forward(self, x):
         return self.block_sparse_moe(x) if self.moe else self.mlp(x)
@@ -470,15 +476,20 @@ class Transformer(nn.Module):
         try:
             for layer, sliding, rotates in zip(self.model.layers, cfg.sliding_layers, cfg.rope_layers):
                 x = layer(x, ropes[sliding] if rotates else None, biases[sliding], cache)
-            if last_only:
-                x = x[:, -1:]
-            logits = self.head(self.model.norm(x)).float()
+            logits = self.logits(x[:, -1:] if last_only else x)
         except BaseException:  # out of memory, Ctrl-C: the cache stays as it was, and usable
             if cache is not None:
                 cache.discard()
             raise
         if cache is not None:
             cache.commit(pos, dur, rule)
+        return logits
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits (..., vocab) of residual-stream vectors (..., dim): final norm, head,
+        and the family's soft-cap or scaling. (The logit lens applies it to every layer's.)"""
+        cfg = self.config
+        logits = self.head(self.model.norm(x)).float()
         if cfg.logit_softcap:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         return logits / cfg.logits_scaling if cfg.logits_scaling != 1 else logits
