@@ -149,6 +149,7 @@ class RMSNorm(nn.Module):
 
 # ----------------------------------------------------------------------------- rotary
 
+
 def inverse_frequencies(cfg: Config, local: bool, length: torch.Tensor) -> tuple[torch.Tensor, float]:
     """RoPE frequencies (rotary_dim // 2,) in float32, and the attention factor that multiplies
     cos and sin (1 but for yarn and longrope). Long-context checkpoints scale the frequencies
