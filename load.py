@@ -12,8 +12,9 @@ A source is one of:
 The dtype is "auto" (bfloat16 where the hardware multiplies it natively, else float32),
 "float32", "bfloat16", "int8" (weight-only, per output channel) or a torch dtype: see
 precision.py and int8.py. Each checkpoint's own description (a config.json, or GGUF
-metadata) is translated here into a contgpt.Config. Models are built on the meta device and the tensors assigned into them, so the
-memory-mapped tensors of a checkpoint already in the model's dtype are never copied.
+metadata) is translated here into a contgpt.Config. Models are built on the meta device and the
+tensors assigned into them, so the memory-mapped tensors of a checkpoint already in the model's
+dtype are never copied.
 """
 
 from __future__ import annotations
