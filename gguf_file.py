@@ -40,7 +40,7 @@ class GGUFFile:
 
     The gguf package's own reader builds a numpy view per array element and takes 15 s on a
     128k-token vocabulary; this reads the same in a fraction of a second. The tensors' bytes
-    stay in the map until `dequantize` decodes them with the gguf package's kernels.
+    stay in the map until `dequantize_rows` decodes them (the block formats below).
     """
 
     SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
