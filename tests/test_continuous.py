@@ -289,6 +289,9 @@ def test_bad_inputs_raise(qwen):
         qwen(torch.tensor([1]), embeds=torch.zeros(1, 1, qwen.config.dim))
     with pytest.raises(ValueError, match=r"embeds must have shape \(T, 32\) or \(B, T, 32\)"):
         qwen(embeds=torch.zeros(1, 3, 7))
+    for dtype in (torch.int64, torch.int8, torch.bool):  # rows of a table are real numbers; ids go in tokens=
+        with pytest.raises(ValueError, match=f"embeds must be floating point, not {dtype}"):
+            qwen(embeds=torch.zeros(1, 3, 32, dtype=dtype))
     with pytest.raises(ValueError, match=r"embeds\[0, 0\] holds NaN or infinite values"):
         qwen(embeds=torch.full((1, 3, 32), math.nan))
     with pytest.raises(ValueError, match=r"embeds\[0, 2\] holds NaN or infinite values in torch.float32"):

@@ -62,8 +62,37 @@ def test_area_and_summary_of_one_item():
     s = paper.summarize("counting", [record, {"key": "1", "error": "why not"}])
     assert (s["items"], s["run"], s["errors"]) == (2, 1, {"1": "why not"})
     assert s["auc_completeness"] == pytest.approx(paper.area(record["metrics"]["completeness"]))
-    # completeness is 1 up to tau 0.6 (both of E seen), 1/2 up to 0.9, then 0: area 0.6 + 0.3 / 2
-    assert s["auc_completeness"] == pytest.approx(0.6 + 0.15, abs=0.01)
+    # completeness is 1 up to tau 0.6 (both of E seen), 1/2 up to 0.9, then 0. By the trapezoid
+    # rule: 0.60 + 0.0075 (the step at 0.6) + 0.145 + 0.0025 (the step at 0.9) = 0.755; the mean
+    # of the 101 samples would be 0.7525 (tolerance: the float32 threshold grid, 1e-7)
+    assert s["auc_completeness"] == pytest.approx(0.755, abs=1e-6)
+
+
+def test_area_is_the_trapezoid_rule_not_the_mean_of_the_samples():
+    """Curves whose ends weigh half: a wrong rule (the mean of 101 samples) gives twice these."""
+    assert paper.area([1.0] + [0.0] * 100) == pytest.approx(0.005, abs=1e-7)  # mean: 0.0099
+    assert paper.area([1.0] + [0.0] * 99 + [1.0]) == pytest.approx(0.01, abs=1e-7)  # mean: 0.0198
+    assert paper.area([0.0] * 50 + [1.0] * 51) == pytest.approx(0.505, abs=1e-6)  # mean: 0.50495
+    assert paper.area([0.0] * 51 + [1.0] * 50) == pytest.approx(0.495, abs=1e-6)  # mean: 0.49505
+
+
+def test_sums_rates_count_decidable_items_and_valid_ones():
+    """valid_rate is over the decidable items (an undecidable item counts in neither part);
+    the success rates are over the valid items. By hand: 3 decidable items of 4, 2 of them
+    valid: valid_rate 2/3 (not 2/4 over all items, nor 3/4 counting the undecidable one, which
+    is valid); of the 2 valid, 1 is successful and strongly so, none completely."""
+    readings = ["2"]
+    items = [
+        paper.sums_metrics(digits([{2: 0.6, 3: 0.3}, {4: 0.5, 2: 0.3, 3: 0.2}, {3: 0.9}]), "3", readings),  # valid, strongly, not completely
+        paper.sums_metrics(digits([{3: 0.6, 2: 0.3}, {3: 0.7, 2: 0.2}]), "3", readings),  # valid, unsuccessful
+        paper.sums_metrics(digits([{2: 0.9}, {2: 0.6, 3: 0.4}]), "3", readings),  # invalid
+        paper.sums_metrics(digits([{3: 1.0}]), "3", []),  # undecidable (and valid)
+    ]
+    s = paper.summarize("sums", [{"key": str(i), "metrics": m} for i, m in enumerate(items)])
+    assert (s["undecidable"], s["valid"]) == (1, 2)
+    assert s["valid_rate"] == pytest.approx(2 / 3)
+    assert s["successful_rate"] == pytest.approx(1 / 2) and s["strongly_rate"] == pytest.approx(1 / 2)
+    assert s["completely_rate"] == 0.0
 
 
 # ----------------------------------------------------------------------------- sums metrics
