@@ -61,6 +61,12 @@ def encode_tensor(w: np.ndarray, qtype: str, rng) -> tuple[np.ndarray, str]:
         return rng.integers(0, 0x3C, size=(w.shape[0], w.shape[1] // block * size), dtype=np.uint8), qtype
 
 
+def interleaved(w: np.ndarray, heads: int) -> np.ndarray:
+    """q or k rows in the order llama.cpp's converter writes them for its non-NeoX RoPE: within
+    each head, the split halves interleaved (what load.unpermuted_rows undoes)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+
+
 def write_tiny_gguf(path, types=("F16",), extra=None, vocabulary=True):
     """A Llama GGUF written as llama.cpp's converter does (q/k rows interleaved), matrices
     cycling through `types`, norms in F32."""
@@ -96,8 +102,7 @@ def write_tiny_gguf(path, types=("F16",), extra=None, vocabulary=True):
     for hf_name, gguf_name in names.items():
         w = state[hf_name]
         if "q_proj" in hf_name or "k_proj" in hf_name:  # llama.cpp's converter permutes these rows
-            heads = c["heads"] if "q_proj" in hf_name else c["kv_heads"]
-            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+            w = interleaved(w, c["heads"] if "q_proj" in hf_name else c["kv_heads"])
         qtype = "F32" if w.ndim == 1 else types[matrices % len(types)]
         matrices += w.ndim == 2
         data, qtype = encode_tensor(w, qtype, rng)
@@ -338,8 +343,7 @@ def write_family(name, folder):
         if arch.startswith("gemma") and "norm" in hf_name:
             w = w + 1  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
         if arch in ("llama", "smollm3", "granite") and rest in ("self_attn.q_proj", "self_attn.k_proj"):  # interleaved for its RoPE
-            heads = cfg.num_attention_heads if "q_proj" in rest else cfg.num_key_value_heads
-            w = w.reshape(heads, 2, w.shape[0] // heads // 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+            w = interleaved(w, cfg.num_attention_heads if "q_proj" in rest else cfg.num_key_value_heads)
         writer.add_tensor(f"{gguf_name}.{suffix}", np.ascontiguousarray(w))
     for (layer, which), stack in (experts if getattr(cfg, "num_local_experts", None) else {}).items():
         stacked = {"w1": "ffn_gate_exps", "w3": "ffn_up_exps", "w2": "ffn_down_exps"}[which]
