@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +150,8 @@ def word_swap(model, tokenizer, template: str, a: str, b: str) -> WordSwap:
     """Fill `template`'s "{}" with a and with b, and keep apart the tokens where the two prompts
     differ: the words' tokens (with any space or punctuation the tokenizer glues to them). The
     tokens before and after are the shared context."""
-    if template.count("{}") != 1:
-        raise ValueError("the template needs exactly one {} for the word")
+    if _fields(template) != [""]:
+        raise ValueError(f"the template needs exactly one {{}} for the word (write other braces as {{{{ and }}}}): {template!r}")
     ids_a, ids_b = tokenizer.encode(template.format(a)), tokenizer.encode(template.format(b))
     left = 0
     while left < min(len(ids_a), len(ids_b)) and ids_a[left] == ids_b[left]:
@@ -168,6 +169,15 @@ def word_swap(model, tokenizer, template: str, a: str, b: str) -> WordSwap:
     seg_a, seg_b, dur = align(rows(word_a), rows(word_b))
     durations = torch.cat((torch.ones(left), dur, torch.ones(right)))
     return WordSwap(rows(ids_a[:left]), seg_a, seg_b, rows(ids_a[len(ids_a) - right :]), durations)
+
+
+def _fields(template: str) -> list[str] | None:
+    """The replacement fields of a str.format template ("{}" is ""), or None when its braces do
+    not parse. Escaped braces ("{{", "}}") are text, not fields."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------- answers and sweeps

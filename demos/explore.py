@@ -11,7 +11,14 @@ interpolation weight, and the last position's attention weights in one layer. Th
 to 127.0.0.1 unless --host says otherwise, reads no file and loads no model on request, bounds
 every input, and runs one computation at a time: a request that a newer one from the same page
 has overtaken while it waited is answered "superseded" without computing, and one whose client
-has gone is dropped (a sweep at its next batch).
+has gone is dropped (a sweep at its next batch: the page's cancel button closes its request).
+
+Text offsets (a token's characters, the interpolated word) travel in UTF-16 code units, the
+page's own string indices, and are converted to Python's code points here, at the boundary, so
+an emoji or any character outside the Basic Multilingual Plane selects what the page shows.
+
+Slider moves are fast because the keys and values of the prompt's tokens before the first one
+whose duration is not 1 are kept between requests (KV cache): a move recomputes only the rest.
 
 No other web page can make it compute: a request must name this server in its Host header (so
 a DNS-rebound name is refused), must not come from another Origin, and posts JSON, which a
@@ -22,6 +29,7 @@ READ_TIMEOUT seconds to send its request.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import select
@@ -39,10 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import experiments as ex  # noqa: E402
+from contgpt import KVCache  # noqa: E402
 from demos.cli import add_model_options, load_for_demo  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
 PAGE = Path(__file__).with_name("explore.html")
+ROOT = Path(__file__).resolve().parents[1]  # the checkout the page's code imports contgpt from
 APPLES = 'Question: In the sentence "apple apple apple apple", how many times is a fruit mentioned? Reply with a single-digit number\nAnswer: '
 MAX_BODY = 64 * 1024  # bytes of a request
 MAX_PROMPT_CHARS = 4000
@@ -72,10 +82,10 @@ class Request:
     ids: list[int]
     durations: list[float]
     keep_positions: bool
-    answers: list[str]
+    answers: list[str]  # empty: the server proposes them from the top tokens
     layer: int
     head: int | None  # None: the mean over heads
-    interpolation: dict | None  # {"start", "end", "other", "alpha", "method"}
+    interpolation: dict | None  # {"start", "end", "other", "alpha", "method"}, offsets in code points
 
 
 class Explorer:
@@ -88,6 +98,8 @@ class Explorer:
         self.latest: dict[str, int] = {}  # client -> its newest request's ticket
         self.tickets = 0
         self._reference: dict = {}  # the last reference_attention, by its request
+        self._prefix: tuple = ((), None)  # (the ids of the tokens it holds, their KV cache)
+        self.batch_size: int | None = None  # points per sweep batch (None: sweep.last_logits decides from free memory)
 
     # ------------------------------------------------------------------------- requests
 
@@ -95,36 +107,45 @@ class Explorer:
         cfg = self.model.config
         return {"model": self.name, "dtype": str(self.model.precision), "layers": cfg.n_layers, "heads": cfg.n_heads,
                 "prompt": APPLES, "answers": ", ".join(ex.DIGITS), "max_tokens": MAX_TOKENS, "max_duration": MAX_DURATION,
-                "max_points": MAX_POINTS}  # fmt: skip
+                "max_points": MAX_POINTS, "python": sys.executable}  # fmt: skip
 
     def tokenize(self, body: dict) -> dict:
         prompt = _prompt(body)
         ids, offsets = self.tokenizer.encode_with_offsets(prompt)
         _check_length(ids)
         texts = [self.tokenizer.decode([i]) for i in ids]
-        return {"tokens": [{"id": i, "text": t, "start": a, "end": b} for i, t, (a, b) in zip(ids, texts, offsets)]}
+        units = utf16_units(prompt)  # the page indexes its text in UTF-16 code units
+        return {"tokens": [{"id": i, "text": t, "start": units[a], "end": units[b]} for i, t, (a, b) in zip(ids, texts, offsets)]}
 
     def predict(self, body: dict) -> dict:
         """The next-token distribution under the page's timeline (or interpolation), the top
-        tokens and the tracked answers, and the last position's attention: now, and before the
-        change (every duration 1; in interpolation mode, the first word)."""
+        tokens and the tracked answers (with none asked for, the top tokens' texts: proposed),
+        and the last position's attention: now, and before the change (every duration 1; in
+        interpolation mode, the first word), each with its own positions."""
         request = self.parse(body)
         inputs, labels = self.inputs(request, [request.interpolation["alpha"]] if request.interpolation else None)
         logits, after = self.forward_with_attention(inputs, request)
         p = logits.float().softmax(-1)
         top = p.topk(TOP)
+        top_texts = [self.tokenizer.decode([i]) for i in top.indices.tolist()]
+        proposed = not request.answers
+        if proposed:
+            request = replace(request, answers=_proposals(top_texts))
         probs, other = ex.answer_probs(logits[None], self.tokenizer, request.answers)
+        before, before_inputs = self.reference_attention(request)
         return {
-            "top": [[self.tokenizer.decode([i]), v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
+            "top": [[text, v] for text, v in zip(top_texts, top.values.tolist())],
             "answers": dict(zip(request.answers, probs[0].tolist())),
+            "proposed": proposed,
             "other": other.item(),
             "top_answer": request.answers[int(probs[0].argmax())],
             "positions": inputs["positions"][0].tolist(),
             "durations": inputs["durations"][0].tolist(),
             "labels": labels,
-            "attention": {"before": self.reference_attention(request), "after": after},
+            "attention": {"after": after, "before": before, "before_positions": before_inputs["positions"][0].tolist(),
+                          "before_durations": before_inputs["durations"][0].tolist()},
             "code": self.code(request, inputs),
-        }
+        }  # fmt: skip
 
     def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, dict]:
         """(request, swept values, model inputs of every point), all checked before anything runs."""
@@ -149,7 +170,7 @@ class Explorer:
         """The tracked answers along a sweep of the selected tokens' duration (or of the
         interpolation weight), batched by sweep.last_logits; progress(done, total) per batch."""
         request, xs, inputs = plan
-        logits = last_logits(self.model, **inputs, progress=progress)
+        logits = last_logits(self.model, **inputs, batch_size=self.batch_size, progress=progress)
         probs, other = ex.answer_probs(logits, self.tokenizer, request.answers)
         return {"x": xs.tolist(), "curves": {a: probs[:, i].tolist() for i, a in enumerate(request.answers)}, "other": other.tolist()}
 
@@ -168,8 +189,8 @@ class Explorer:
             if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= MAX_DURATION:
                 raise BadRequest(f"durations[{i}] = {d!r} is not a number in [0, {MAX_DURATION:g}]")
         answers = body.get("answers")
-        if not isinstance(answers, list) or not answers or len(answers) > MAX_ANSWERS:
-            raise BadRequest(f"answers must be a list of 1 to {MAX_ANSWERS} texts (alternatives joined by |)")
+        if not isinstance(answers, list) or len(answers) > MAX_ANSWERS:
+            raise BadRequest(f"answers must be a list of up to {MAX_ANSWERS} texts (alternatives joined by |)")
         if any(not isinstance(a, str) or not a.strip() or len(a) > MAX_ANSWER_CHARS for a in answers):
             raise BadRequest(f"each answer must be a text of 1 to {MAX_ANSWER_CHARS} characters")
         cfg = self.model.config
@@ -186,8 +207,12 @@ class Explorer:
             return None
         if not isinstance(spec, dict):
             raise BadRequest("interpolation must be an object {start, end, other, alpha, method}")
-        start = _number(spec, "start", 0, len(prompt), integer=True)
-        end = _number(spec, "end", start + 1, len(prompt), integer=True)
+        if spec.get("start") == spec.get("end") == 0:
+            raise BadRequest("select the word to interpolate: click its token in the timeline")
+        units = utf16_units(prompt)
+        start = _number(spec, "start", 0, units[-1], integer=True)
+        end = _number(spec, "end", start + 1, units[-1], integer=True)
+        start, end = _code_point(units, start, "start"), _code_point(units, end, "end")
         other = spec.get("other")
         if not isinstance(other, str) or not other.strip() or len(other) > MAX_WORD_CHARS:
             raise BadRequest(f"the second word must be a text of 1 to {MAX_WORD_CHARS} characters")
@@ -202,7 +227,7 @@ class Explorer:
         if request.interpolation is None:
             durations = torch.tensor([request.durations])
             labels = [self.tokenizer.decode([i]) for i in request.ids]
-            return {"tokens": torch.tensor(request.ids), **place(durations, request.keep_positions)}, labels
+            return {"tokens": torch.tensor([request.ids]), **place(durations, request.keep_positions)}, labels
         spec, template, word = request.interpolation, self.template(request), self.word(request)
         swap = ex.word_swap(self.model, self.tokenizer, template, word, spec["other"])
         embeds = swap.embeds(alphas, spec["method"])
@@ -224,34 +249,55 @@ class Explorer:
         spec = request.interpolation
         return escape(request.prompt[: spec["start"]]) + "{}" + escape(request.prompt[spec["end"] :])
 
-    def forward_with_attention(self, inputs: dict, request: Request) -> tuple[torch.Tensor, list[float]]:
+    def forward_with_attention(self, inputs: dict, request: Request, reuse_prefix: bool = True) -> tuple[torch.Tensor, list[float]]:
         """Last-position logits (vocab,) and the last query's attention weights over the keys in
-        request.layer (one head, or the mean over heads), through a forward hook."""
+        request.layer (one head, or the mean over heads), through a forward hook. With
+        reuse_prefix, a prompt's tokens before the first changed one come from the prefix cache."""
+        cache, k = self.prefix_cache(inputs) if reuse_prefix and "tokens" in inputs else (None, 0)  # before the hook: not this pass
+        rest = {name: t[:, k:] for name, t in inputs.items()}
         seen = []
         hook = self.model.model.layers[request.layer].self_attn.probs.register_forward_hook(lambda m, i, out: seen.append(out))
         try:
-            logits = self.model(**inputs, last_only=True)[0, -1]
+            logits = self.model(**rest, cache=cache, last_only=True)[0, -1]
         finally:
             hook.remove()
         weights = seen[0][0, :, :, -1].reshape(self.model.config.n_heads, -1)  # (heads, keys)
         row = weights.mean(0) if request.head is None else weights[request.head]
         return logits, row.tolist()
 
-    def reference_attention(self, request: Request) -> list[float]:
-        """The attention the page compares with: every duration 1, or in interpolation mode the
-        first word (alpha 0). Kept for the page's current prompt and layer."""
+    def prefix_cache(self, inputs: dict) -> tuple[KVCache, int]:
+        """(a cache holding the prompt's first k tokens, k): those before the first token whose
+        duration is not 1 (they sit at 0..k-1 in both position modes), at most all but the last.
+        The cache is kept for the next request; the pass extends a view of it (expand(1))."""
+        ids, durations = inputs["tokens"][0].tolist(), inputs["durations"][0]
+        changed = (durations != 1).nonzero()
+        k = min(int(changed[0]) if len(changed) else len(ids), len(ids) - 1)
+        held, cache = self._prefix
+        if held != tuple(ids[:k]):
+            cache = KVCache()
+            if k:
+                self.model(torch.tensor([ids[:k]]), cache=cache, last_only=True)
+            self._prefix = (tuple(ids[:k]), cache)
+        return cache.expand(1) if k else None, k
+
+    def reference_attention(self, request: Request) -> tuple[list[float], dict]:
+        """The attention the page compares with (every duration 1, or in interpolation mode the
+        first word, alpha 0) and its inputs. Kept for the page's current prompt and layer."""
         unchanged = replace(request, durations=[1.0] * len(request.ids), keep_positions=False,
                             interpolation=request.interpolation and {**request.interpolation, "alpha": 0.0})  # fmt: skip
         key = repr(unchanged)
         if key not in self._reference:
             inputs, _ = self.inputs(unchanged, [0.0] if unchanged.interpolation else None)
-            self._reference = {key: self.forward_with_attention(inputs, unchanged)[1]}  # the page's current view only
+            self._reference = {key: (self.forward_with_attention(inputs, unchanged, reuse_prefix=False)[1], inputs)}  # the page's current view only
         return self._reference[key]
 
     def code(self, request: Request, inputs: dict) -> str:
-        """Python that computes what the page shows, with contgpt as a library."""
+        """Python that computes what the page shows, with contgpt as a library: saved as a file
+        anywhere, it runs with this checkout's Python environment (it imports contgpt from ROOT)."""
         rounded = lambda t: [round(v, 6) for v in t[0].tolist()]  # noqa: E731
-        lines = ["import torch", "from load import load", "import experiments as ex", "",
+        lines = ["# what the contgpt explorer shows: save as a file and run it with contgpt's Python environment",
+                 "import sys", f"sys.path.insert(0, {str(ROOT)!r})  # the contgpt checkout", "",
+                 "import torch", "from load import load", "import experiments as ex", "",
                  f"model, tokenizer = load({self.name!r}, dtype={self.model.precision.name!r})",
                  f"prompt = {request.prompt!r}"]  # fmt: skip
         if request.interpolation:
@@ -266,8 +312,12 @@ class Explorer:
         lines += [f"positions = torch.tensor({rounded(inputs['positions'])})",
                   f"durations = torch.tensor({rounded(inputs['durations'])})",
                   f"logits = model({call}, positions=positions, durations=durations, last_only=True)",
-                  f"probs, other = ex.answer_probs(logits[:, -1], tokenizer, {request.answers!r})",
-                  "print(dict(zip(" + repr(request.answers) + ", probs[0].tolist())))"]  # fmt: skip
+                  f"answers = {request.answers!r}",
+                  "probs, other = ex.answer_probs(logits[:, -1], tokenizer, answers)",
+                  "top = int(probs[0].argmax())",
+                  'print(f"top answer: {answers[top]} ({100 * probs[0, top]:.1f}%)")',
+                  "for answer, p in zip(answers, probs[0].tolist()):",
+                  '    print(f"{answer:>8} {100 * p:5.1f}%")']  # fmt: skip
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------- one at a time
@@ -296,6 +346,33 @@ def place(durations: torch.Tensor, keep_positions: bool) -> dict:
     else:
         positions = durations.cumsum(1) - 1
     return {"positions": positions, "durations": durations}
+
+
+def utf16_units(text: str) -> list[int]:
+    """For each code point index 0..len(text), the UTF-16 code unit index it starts at: the
+    page's (JavaScript's) index of the same place. Characters past U+FFFF take two units."""
+    units = [0]
+    for ch in text:
+        units.append(units[-1] + (2 if ord(ch) > 0xFFFF else 1))
+    return units
+
+
+def _code_point(units: list[int], unit: int, name: str) -> int:
+    """The code point index of a UTF-16 unit index (one of utf16_units(text))."""
+    i = bisect.bisect_left(units, unit)
+    if i == len(units) or units[i] != unit:
+        raise BadRequest(f"{name} = {unit} falls inside a character (UTF-16 offsets must be at character boundaries)")
+    return i
+
+
+def _proposals(texts: list[str]) -> list[str]:
+    """Tracked answers proposed from the top tokens' texts: stripped, distinct, non-empty."""
+    seen = []
+    for text in texts:
+        text = text.strip()
+        if text and len(text) <= MAX_ANSWER_CHARS and "|" not in text and "," not in text and text not in seen:
+            seen.append(text)
+    return seen or [texts[0]]
 
 
 def _prompt(body: dict) -> str:

@@ -5,8 +5,11 @@ optional and the tests that need it skip cleanly without it.
 """
 
 import math
+import os
 import random
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +239,73 @@ def llama_cpp_vocab_dir() -> Path:
     base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-"
     members = [f"{base}{v}.gguf{ext}" for v in LLAMA_CPP_VOCABS for ext in ("", ".inp", ".out")]
     return fetch_or_skip(lambda: fetch_members(sdist, members, CACHE / "reference" / "llama.cpp-vocab"))
+
+
+# ----------------------------------------------------------------------------- the explorer in a real browser
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium through its own chromedriver (nothing downloaded)."""
+    if not (CHROMIUM and DRIVER):
+        if in_ci():
+            pytest.fail("chromium and chromedriver must be installed (.ci/run installs them with apt-get)")
+        pytest.skip("no chromium/chromedriver here (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, script, *arguments, timeout=60):
+    """Until the page's script (with its arguments) returns something true, or TimeoutError."""
+    deadline = time.time() + timeout
+    while not driver.execute_script(script, *arguments):
+        if time.time() > deadline:
+            raise TimeoutError(script)
+        time.sleep(0.05)
+
+
+def click_chip(driver, index, shift=False):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    chip = driver.find_element(By.CSS_SELECTOR, f"g.chip[data-index='{index}'] rect")
+    actions = ActionChains(driver)
+    if shift:
+        actions.key_down(Keys.SHIFT).click(chip).key_up(Keys.SHIFT).perform()
+    else:
+        actions.click(chip).perform()
+
+
+SETTLED = "return window.explorer.stats.settled"  # the page shows the answer to its newest state
+
+
+def slide(driver, slider, value):
+    """Move a range input as a user's drag ends: set it and fire its input event."""
+    driver.execute_script(f"const s = document.getElementById('{slider}'); s.value = {value}; s.dispatchEvent(new Event('input'))")
+    wait(driver, SETTLED)
+
+
+def open_page(driver, url):
+    driver.get(url + "/")
+    wait(driver, "return window.explorer && window.explorer.stats.updates > 0 && window.explorer.stats.settled")
+
+
+def screenshot(driver, path):
+    """The whole page (the window made as tall as the page for the picture, then put back)."""
+    size = driver.get_window_size()
+    driver.set_window_size(size["width"], driver.execute_script("return document.documentElement.scrollHeight") + 140)
+    driver.save_screenshot(str(path))
+    driver.set_window_size(size["width"], size["height"])
+    if os.environ.get("CONTGPT_SCREENSHOT"):  # how docs/explorer.png is made: CONTGPT_SCREENSHOT=docs/explorer.png
+        shutil.copy(path, os.environ["CONTGPT_SCREENSHOT"])

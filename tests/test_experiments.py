@@ -219,6 +219,17 @@ def test_word_swap_of_multi_token_words(tiny, trained_bpe_json):
         ex.word_swap(tiny, tok, "Is {} red?", "it", "it")
 
 
+def test_word_swap_takes_braces_in_the_text(tiny):
+    """Braces escaped as {{ }} are text, not the word's place: a prompt such as a dict literal
+    can be interpolated; a template without exactly one {} is refused, saying how to escape."""
+    tok = WordTokenizer(["Is", "{apples}", "{tomatoes}", "{}", "red?"])
+    swap = ex.word_swap(tiny, tok, "Is {{{}}} {{}} red?", "apples", "tomatoes")
+    assert torch.equal(swap.embeds([0.0])[0], tiny.embed(torch.tensor(tok.encode("Is {apples} {} red?"))))
+    for template in ("Is {} {} red?", "Is red?", "Is {0} red?", "Is { red? {}"):
+        with pytest.raises(ValueError, match=r"exactly one \{\} for the word \(write other braces as \{\{ and \}\}\)"):
+            ex.word_swap(tiny, tok, template, "apples", "tomatoes")
+
+
 # ----------------------------------------------------------------------------- sweeps and plots
 
 

@@ -4,7 +4,6 @@ says why, a burst of slider events, and the page itself in a real headless Chrom
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import CACHE, ROOT, fetch_or_skip, in_ci
+from conftest import CACHE, ROOT, SETTLED, click_chip, fetch_or_skip, open_page, screenshot, slide, wait
 
 import experiments as ex
 from sweep import last_logits
@@ -104,19 +103,27 @@ def test_a_shrunk_selection_is_the_library_call(served, keep):
     status, data = call(url, "/api/predict", body)
     _, expected = library(model, tokenizer, DIGITS, tokens=torch.tensor(ids), positions=positions, durations=durations)
     assert status == 200 and data["positions"] == pytest.approx(positions.tolist())
-    assert [data["answers"][d] for d in DIGITS] == pytest.approx(expected.tolist(), abs=1e-6)
+    # the page's forward takes the tokens before the apples from its prefix cache (other matmul
+    # shapes, other rounding): 1.4e-6 from the full forward, measured
+    assert [data["answers"][d] for d in DIGITS] == pytest.approx(expected.tolist(), abs=1e-5)
     assert data["top_answer"] == DIGITS[int(expected.argmax())]
     assert "positions = torch.tensor(" in data["code"] and "durations = torch.tensor(" in data["code"]
 
 
-def test_the_code_it_shows_runs_and_gives_the_page_s_numbers(served):
+def test_the_code_it_shows_runs_as_a_file_anywhere_and_prints_the_page_s_numbers(served, tmp_path):
+    """Saved outside the project and run from there with contgpt's Python, as the page says."""
     model, tokenizer, url = served
     _, _, _, durations = apples_timeline(tokenizer, 0.7)
     status, data = call(url, "/api/predict", {"prompt": APPLES, "answers": DIGITS, "layer": 0, "durations": durations.tolist()})
-    printed = {}
-    namespace = {"load": lambda *a, **k: (model, tokenizer), "print": printed.update}
-    exec(data["code"].replace("from load import load\n", ""), namespace)  # noqa: S102 (the page's own snippet)
-    assert [printed[d] for d in DIGITS] == pytest.approx([data["answers"][d] for d in DIGITS], abs=1e-5)
+    (tmp_path / "explain.py").write_text(data["code"])
+    environment = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
+    run = subprocess.run([sys.executable, "explain.py"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    top = data["top_answer"]
+    assert lines[0] == f"top answer: {top} ({100 * data['answers'][top]:.1f}%)"
+    printed = {line.split()[0]: float(line.split()[1].rstrip("%")) for line in lines[1:]}
+    assert printed == {d: pytest.approx(100 * data["answers"][d], abs=0.051) for d in DIGITS}  # printed to 0.1%
 
 
 def test_a_sweep_is_sweep_last_logits(served):
@@ -137,6 +144,7 @@ def test_a_sweep_is_sweep_last_logits(served):
 def test_attention_weights_sum_to_one_and_are_the_model_s(served, head):
     model, tokenizer, url = served
     ids, _, positions, durations = apples_timeline(tokenizer, 0.4)
+    assert call(url, "/api/predict", {"prompt": "Hi", "answers": DIGITS, "layer": 7})[0] == 200  # another prefix held before
     body = {"prompt": APPLES, "answers": DIGITS, "layer": 7, "head": head, "durations": durations.tolist()}
     status, data = call(url, "/api/predict", body)
     seen = []
@@ -174,7 +182,7 @@ BAD = [
     ({"prompt": APPLES, "answers": DIGITS, "layer": 0, "durations": [0] * 29}, "sees no key of positive duration"),
     ({"prompt": APPLES, "answers": DIGITS, "layer": 99}, "layer must be an integer in [0, 23], not 99"),
     ({"prompt": APPLES, "answers": DIGITS, "layer": 0, "head": 14}, "head must be an integer in [0, 13]"),
-    ({"prompt": APPLES, "answers": [], "layer": 0}, "answers must be a list of 1 to 20 texts"),
+    ({"prompt": APPLES, "answers": DIGITS * 3, "layer": 0}, "answers must be a list of up to 20 texts"),
     ({"prompt": APPLES, "answers": ["zzzzqqq"], "layer": 0}, "no token of this vocabulary decodes to 'zzzzqqq'"),
     ({"prompt": LONG, "answers": DIGITS, "layer": 0}, "the prompt has 601 tokens; the explorer takes at most 512"),
     ({"prompt": "", "answers": DIGITS, "layer": 0}, "prompt must be a text of 1 to 4000 characters"),
@@ -277,89 +285,32 @@ def test_the_command_binds_to_loopback_and_warns_for_another_host(tmp_path):
 
 # ----------------------------------------------------------------------------- a real browser
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium through its own chromedriver (nothing downloaded)."""
-    if not (CHROMIUM and DRIVER):
-        if in_ci():
-            pytest.fail("chromium and chromedriver must be installed (.ci/run installs them with apt-get)")
-        pytest.skip("no chromium/chromedriver here (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, script, timeout=60):
-    deadline = time.time() + timeout
-    while not driver.execute_script(script):
-        if time.time() > deadline:
-            raise TimeoutError(script)
-        time.sleep(0.05)
-
-
-def click_chip(driver, index, shift=False):
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    chip = driver.find_element(By.CSS_SELECTOR, f"g.chip[data-index='{index}'] rect")
-    actions = ActionChains(driver)
-    if shift:
-        actions.key_down(Keys.SHIFT).click(chip).key_up(Keys.SHIFT).perform()
-    else:
-        actions.click(chip).perform()
-
-
-SETTLED = "return window.explorer.stats.settled"  # the page shows the answer to its newest state
-
-
-def slide(driver, slider, value):
-    """Move a range input as a user's drag ends: set it and fire its input event."""
-    driver.execute_script(f"const s = document.getElementById('{slider}'); s.value = {value}; s.dispatchEvent(new Event('input'))")
-    wait(driver, SETTLED)
-
-
-def open_page(driver, url):
-    driver.get(url + "/")
-    wait(driver, "return window.explorer && window.explorer.stats.updates > 0 && window.explorer.stats.settled")
-
-
-def screenshot(driver, path):
-    driver.save_screenshot(str(path))
-    if os.environ.get("CONTGPT_SCREENSHOT"):  # how docs/explorer.png is made: CONTGPT_SCREENSHOT=docs/explorer.png
-        shutil.copy(path, os.environ["CONTGPT_SCREENSHOT"])
-
-
-def test_the_page_reproduces_the_apples_effect(served, browser, tmp_path):
+def test_one_click_shows_the_paper_s_effect(served, browser, tmp_path):
+    """The intro's button: the apples at 0.5 give 2 (the library's answer too), with their sweep;
+    then the slider's latency, move to redrawn chart, over a few moves."""
     from selenium.webdriver.common.by import By
 
     model, tokenizer, url = served
     open_page(browser, url)
+    browser.find_element(By.ID, "demo").click()
+    wait(browser, "return window.explorer.stats.sweeps === 1 && window.explorer.stats.settled", timeout=180)
     ids, span, positions, durations = apples_timeline(tokenizer, 0.5)
-    click_chip(browser, span[0])
-    click_chip(browser, span[-1], shift=True)
-    assert browser.execute_script("return [...window.explorer.state.selected].sort((a, b) => a - b)") == span
-    slide(browser, "duration", 0.5)
     _, expected = library(model, tokenizer, DIGITS, tokens=torch.tensor(ids), positions=positions, durations=durations)
     shown = browser.find_element(By.ID, "top-answer").text
-    assert shown.split()[0] == DIGITS[int(expected.argmax())], shown
-    browser.find_element(By.ID, "sweep-button").click()
-    wait(browser, "return window.explorer.stats.sweeps > 0")
-    assert browser.find_element(By.ID, "error").text == ""
-    stats = browser.execute_script("return window.explorer.stats")
-    print(f"explorer, apples: slider to chart {stats['lastUpdateMs']:.0f} ms, 40-point sweep {stats['lastSweepMs']:.0f} ms")
+    assert shown.split()[0] == DIGITS[int(expected.argmax())] == "2", shown
+    assert browser.execute_script("return [...window.explorer.state.selected].sort((a, b) => a - b)") == span
+    assert browser.execute_script("return document.getElementById('banner').classList.contains('hidden')")
+    sweep_ms = browser.execute_script("return window.explorer.stats.lastSweepMs")
     screenshot(browser, tmp_path / "apples.png")
     assert (tmp_path / "apples.png").stat().st_size > 10000
+    moves = []
+    for c in (0.45, 0.55, 0.6, 0.65, 0.5):
+        slide(browser, "duration", c)
+        moves.append(browser.execute_script("return window.explorer.stats.lastUpdateMs"))
+    assert browser.find_element(By.ID, "top-answer").text.split()[0] == "2"
+    print(f"explorer, apples: slider to chart {sorted(moves)[2]:.0f} ms (median of {len(moves)}, {min(moves):.0f}-{max(moves):.0f}), "
+          f"40-point sweep {sweep_ms:.0f} ms, {model.precision}")  # fmt: skip
 
 
 def test_the_page_interpolates_a_word(served, browser, tmp_path):
@@ -368,10 +319,12 @@ def test_the_page_interpolates_a_word(served, browser, tmp_path):
     model, tokenizer, url = served
     open_page(browser, url)
     prompt, answers = "Question: Are apples red? (yes/no)\nAnswer:", ["yes|Yes", "no|No"]
-    browser.execute_script("const p = document.getElementById('prompt'); p.value = arguments[0]; p.dispatchEvent(new Event('input'));"
-                           "const a = document.getElementById('answers'); a.value = 'yes|Yes, no|No';", prompt)  # fmt: skip
-    wait(browser, "return window.explorer.state.tokens.map(t => t.text).join('') === arguments[0] && window.explorer.stats.settled"
-         .replace("arguments[0]", json.dumps(prompt)))  # fmt: skip
+    browser.execute_script("const p = document.getElementById('prompt'); p.value = arguments[0]; p.dispatchEvent(new Event('input'))", prompt)
+    wait(browser, "return window.explorer.state.prompt === arguments[0] && window.explorer.stats.settled", prompt)
+    proposed = browser.find_element(By.ID, "answers").get_attribute("value")  # from the new prompt's top tokens
+    assert "Yes" in proposed or "No" in proposed, proposed
+    browser.execute_script("const a = document.getElementById('answers'); a.value = 'yes|Yes, no|No'; a.dispatchEvent(new Event('input'))")
+    wait(browser, SETTLED)
     browser.find_element(By.ID, "mode-interp").click()
     word = browser.execute_script("return window.explorer.state.tokens.findIndex(t => t.text.trim() === 'apples')")
     click_chip(browser, word)
