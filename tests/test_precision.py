@@ -143,6 +143,18 @@ def test_quantize_int8_rounds_each_weight_to_half_a_step():
     assert torch.equal(q[5], torch.zeros(96, dtype=torch.int8)) and scales[5] == 0
 
 
+def test_quantize_int8_gives_each_row_its_own_scale():
+    """The bound above holds for any scale, one per tensor included: here each row's scale must
+    be its own largest magnitude over 127, so every non-zero row uses the full int8 range, and a
+    small row's error stays far below what one scale for the whole tensor would leave it."""
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(1)) * torch.logspace(-3, 1, 16)[:, None]
+    q, scales = quantize_int8(w, torch.float32)
+    torch.testing.assert_close(scales, w.abs().amax(1) / 127, rtol=2**-23, atol=0)
+    assert (q.abs().amax(1) == 127).all()
+    small = (q[0].float() * scales[0] - w[0]).abs().max()
+    assert small <= w[0].abs().max() / 254 * (1 + 2**-20) < w.abs().max() / 254 / 100  # a per-tensor step is 10,000x larger
+
+
 def int8_model(path, monkeypatch, activations="float32"):
     """int8 with float32 activations (the kernel's portable path) or bf16 ones, whatever this CPU has."""
     precision.cpu_bf16.cache_clear()
