@@ -160,3 +160,16 @@ def test_a_sweep_past_the_work_cap_is_refused_before_it_runs(server):
     long = " ".join(["apple"] * 150)
     status, answer = post(port, "/api/sweep", {**PREDICT, "prompt": long, "points": 200, "selected": [0], "low": 0.1, "high": 1.0})
     assert status == 400 and "points x tokens" in answer["error"]
+
+
+def test_a_prompt_with_braces_and_emoji_can_be_interpolated(server):
+    """Offsets arrive in UTF-16 units (the page's); braces in the prompt are text, not the word's place."""
+    explorer, port = server
+    prompt = 'Is {"🍎": "apple"} red?'
+    at = prompt.index("apple")
+    start = len(prompt[:at].encode("utf-16-le")) // 2  # the emoji before it takes two units
+    spec = {"start": start, "end": start + 5, "other": "pear", "alpha": 0.5}
+    status, answer = post(port, "/api/predict", {**PREDICT, "prompt": prompt, "interpolation": spec})
+    assert status == 200 and "apple → pear" in answer["labels"], answer
+    status, answer = post(port, "/api/predict", {**PREDICT, "prompt": prompt, "interpolation": {**spec, "start": 6, "end": 8}})
+    assert status == 400 and "start = 6 falls inside a character" in answer["error"]  # the second half of the emoji
