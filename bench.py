@@ -268,6 +268,8 @@ def main():
     parser.add_argument("--no-paper", action="store_true", help="skip the paper's method (the slowest part)")
     parser.add_argument("--shapes", action="store_true",
                         help="only time one reproduction item on random-weight models of real shapes, on the GPU if any")  # fmt: skip
+    parser.add_argument("--hooks", action="store_true",
+                        help="only time a forward with the hook points (identity modules) as they are, removed, and hooked")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -278,6 +280,8 @@ def main():
     from precision import cpu_bf16
 
     refuse_distributed("bench.py", "a benchmark measures one process on one machine")
+    if args.hooks:
+        return hook_cost(args.model, max(args.repeats, 20))
     if args.shapes:
         result = worker_shapes(args)
         print(json.dumps(result, indent=1))
@@ -303,6 +307,48 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
+
+
+def hook_cost(name: str, repeats: int) -> None:
+    """What the named hook points (resid_in, resid_out, self_attn.probs: identity modules) cost a
+    forward of the apples prompt: as they are, replaced by plain functions (the peer: no module
+    call at all), and with a no-op forward hook on every one. Alternating runs, medians."""
+    import statistics
+
+    from load import load
+
+    model, tokenizer = load(name, dtype="float32")
+    tokens = torch.tensor(tokenizer.encode(APPLES))
+    points = [(block, attr) for block in model.model.layers for attr in ("resid_in", "resid_out")]
+    points += [(block.self_attn, "probs") for block in model.model.layers]
+    identities = [getattr(owner, attr) for owner, attr in points]
+
+    def set_points(kind):
+        for (owner, attr), module in zip(points, identities, strict=True):
+            if kind == "removed":
+                owner._modules.pop(attr, None)
+                object.__setattr__(owner, attr, lambda x: x)
+            else:
+                owner.__dict__.pop(attr, None)
+                owner._modules[attr] = module
+
+    kinds, times = ("as they are", "removed", "hooked"), {}
+    with torch.no_grad():
+        model(tokens)  # warm up
+        for _ in range(repeats):
+            for kind in kinds:
+                set_points("removed" if kind == "removed" else "modules")
+                handles = [m.register_forward_hook(lambda *a: None) for m in identities] if kind == "hooked" else []
+                started = time.perf_counter()
+                model(tokens)
+                times.setdefault(kind, []).append(time.perf_counter() - started)
+                for h in handles:
+                    h.remove()
+    set_points("modules")
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(f"hook points ({len(points)} identity modules), {name}, {len(tokens)} tokens, float32, median of {repeats} forwards, {machine()}:")
+    for kind in kinds:
+        print(f"  {kind:>12}: {median[kind] * 1e3:8.1f} ms  ({median[kind] / median['removed']:.3f}x the forward without them)")
 
 
 def offered_dtypes(wanted: str) -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,124 @@
+"""The tutorial notebooks (tutorials/): each runs top to bottom on the default model (slow tier),
+each exercise checker rejects wrong answers and accepts the right one, and the stored notebooks
+are what a run leaves (in order, no errors, the solutions right) and small (quick tier)."""
+
+import base64
+import importlib.util
+import math
+import os
+import sys
+import time
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from conftest import CACHE, ROOT, fetch_or_skip
+
+TUTORIALS = ROOT / "tutorials"
+NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
+sys.path.insert(0, str(TUTORIALS))
+import checks  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("tutorials_run", TUTORIALS / "run.py")
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+
+
+def test_there_are_six_notebooks_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+
+
+# ----------------------------------------------------------------------------- the checkers
+
+w = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
+d2 = torch.tensor([1.0, 1, 1, 2, 1, 1])
+reference = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+theta = 1e6
+probs = torch.tensor([[0.0, 0.5, 0.25, 0.1, 0.15, 0, 0, 0, 0, 0], [0.0, 0.1, 0.2, 0.25, 0.24, 0.21, 0, 0, 0, 0]])
+xs, ys = [0, 0.1, 0.5, 1.0], [1.0, 0.8, 0.5, 0.0]
+lensed = torch.tensor([[0.5, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0], [0.1, 0.2, 0.6, 0, 0, 0, 0, 0, 0, 0], [0.0, 0.0, 0.9, 0, 0, 0, 0, 0, 0, 0]])
+step = 0.5
+
+CASES = [  # (checker, its inputs, the right answer, wrong answers a student could plausibly give)
+    (checks.reweighted, (w, d2), w * d2 / (w * d2).sum(), [w, w * d2]),
+    (checks.duration_for_weight, (0.2, 0.5), 4.0, [2.5, 0.25]),
+    (checks.same_tensor, (reference,), reference + 1e-6, [reference + 1e-2, reference.T]),
+    (checks.rotation_angle, (2.5, 5, 64, theta), 2.5 * theta ** (-10 / 64), [2.5 * theta ** (-5 / 64), theta ** (-10 / 64)]),
+    (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
+    (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
+    (checks.key_positions, (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),
+     torch.tensor([-0.5, 0.25, 1.5]), [torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.0, 0.5, 2.5])]),
+    (checks.refined, (3.0, 2.0, 4), (torch.tensor([1.5, 2.0, 2.5, 3.0]), torch.full((4,), step)),
+     [(torch.tensor([1.0, 1.5, 2.0, 2.5]), torch.full((4,), step)), (torch.tensor([1.5, 2.0, 2.5, 3.0]), torch.full((4,), 2.0))]),
+    (checks.completeness, (probs, 4, 0.25), 0.75, [0.25, 1.0, 0.6]),  # 2 and 3 peak exactly at tau (>=, not >); 4 just below
+    (checks.trapezoid_area, (xs, ys), 0.05 * 1.8 + 0.2 * 1.3 + 0.25 * 0.5, [float(np.mean(ys))]),
+    (checks.attention_mass, (w, [2, 3]), 0.2, [0.1, 0.3]),
+    (checks.first_layer_on_top, (lensed, 2), 1, [2, 0, None]),
+    (checks.merge_bias, (3,), math.log(3), [3, math.log(4)]),
+    (checks.merged_durations, (5, 2, 3), torch.tensor([1.0, 1, 3, 1, 1]), [torch.tensor([1.0, 1, 1 / 3, 1, 1]), torch.ones(5)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("checker, inputs, right, wrongs", CASES, ids=[c[0].__name__ for c in CASES])
+def test_each_checker_rejects_wrong_answers_and_accepts_the_right_one(checker, inputs, right, wrongs, capsys):
+    call = lambda answer: checker(answer, *inputs)  # noqa: E731
+    call(right)
+    assert capsys.readouterr().out.strip() == "right!"
+    for wrong in wrongs:
+        with pytest.raises(AssertionError, match="not quite"):
+            call(wrong)
+    call(...)  # an open exercise only says so
+    assert capsys.readouterr().out.strip() == checks.OPEN
+
+
+def test_every_checker_is_exercised_here():
+    used = {c[0].__name__ for c in CASES}
+    defined = {name for name, f in vars(checks).items() if callable(f) and not name.startswith("_") and f.__module__ == "checks"}
+    assert defined == used
+
+
+# ----------------------------------------------------------------------------- the stored notebooks
+
+
+def outputs_text(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_stored_notebook_is_a_whole_run_and_small(path):
+    """What tutorials/run.py leaves: every code cell run once, in order, without an error; the
+    solutions all "right!"; figures of tens of KB, the whole under 200 KB."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: rerun it with python tutorials/run.py"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    solutions = outputs_text(code[-1])
+    assert solutions.count("right!") >= 2 and "not quite" not in solutions, solutions
+    images = [len(base64.b64decode(o.data["image/png"])) for c in code for o in c.outputs if "data" in o and "image/png" in o.data]
+    assert all(size < 60_000 for size in images), images
+    assert path.stat().st_size < 200_000
+
+
+# ----------------------------------------------------------------------------- running them
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_runs_top_to_bottom(path):
+    """In a fresh kernel, in tutorials/ as a learner runs it; the run stays in memory (the
+    stored notebook is not rewritten)."""
+    from load import fetch_model
+
+    os.environ["CONTGPT_CACHE"] = str(CACHE)  # the kernel inherits it
+    fetch_or_skip(lambda: fetch_model("qwen2.5-0.5b"))
+    started = time.perf_counter()
+    nb = run.execute(path)
+    seconds = time.perf_counter() - started
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    solutions = outputs_text(code[-1])
+    assert solutions.count("right!") >= 2 and "not quite" not in solutions, solutions
+    opened = sum(outputs_text(c).count(checks.OPEN) for c in code)
+    assert opened >= 2  # the exercises are left open above the solutions
+    print(f"{path.name}: {seconds:.0f} s")
