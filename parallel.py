@@ -185,18 +185,17 @@ class Records:
 
 
 def read_lines(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a truncated last line (a kill) is left out. A damaged
-    line anywhere else is an error that names it: nothing is dropped silently."""
+    """The records of a JSON-lines file; a truncated last line (a kill) is left out, even one cut
+    just before its newline that happens to parse (Records.append cuts it off and it is run
+    again). A damaged line anywhere else is an error that names it: nothing is dropped silently."""
     lines = path.read_bytes().split(b"\n")
     records = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.strip() or number == len(lines):  # the last piece has no newline after it: cut short by a kill
             continue
         try:
             records.append(json.loads(line))
         except ValueError as e:
-            if number == len(lines):  # no newline after it: cut short by a kill
-                continue
             raise SystemExit(f"{path}, line {number}, is not a JSON record ({e}); move the file away to run "
                              f"those items again") from e  # fmt: skip
     return records

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import CACHE, ROOT, fetch_or_skip
 
+import experiments as ex
 import paper
 
 
@@ -40,6 +41,24 @@ def test_counting_metrics_by_hand():
     assert at(m["counterfactual"], 0.35) == pytest.approx(2 / 3) and at(m["counterfactual"], 0.45) == pytest.approx(1 / 3)
     assert at(m["iou"], 0.05) == pytest.approx(3 / 4)  # F = {1, 2, 3, 5}
     assert m["peak_rate"] == pytest.approx(2 / 3)  # 1 and 2 peak, 3 never does
+
+
+def test_iou_and_peak_rate_use_their_own_denominators():
+    """Sets chosen so that the plausible wrong rules differ: F = {2, 3, 5} against E = {1, 2, 3}
+    at tau 0.3 gives IoU |F n E| / |F u E| = 2/4, where |F n E| / |F| and / |E| give 2/3; the
+    top digits over c are 1, 5 and 7, so the peak rate (the share of E that is ever on top) is
+    1/3, where dividing by the digits on top, or not intersecting with E, gives other values."""
+    probs = digits([{1: 0.35, 2: 0.32, 3: 0.33}, {5: 0.6, 2: 0.2, 3: 0.2}, {7: 0.5, 3: 0.31, 2: 0.19}])
+    m = paper.counting_metrics(probs, 3)
+    # max over c: p1 .35, p2 .32, p3 .33, p5 .6, p7 .5: at tau 0.34, F = {1, 5, 7}; at tau 0.3, F = {1, 2, 3, 5, 7}
+    assert m["iou"][34] == pytest.approx(1 / 5) and m["completeness"][34] == pytest.approx(1 / 3)
+    assert m["iou"][30] == pytest.approx(3 / 5) and m["completeness"][30] == 1.0
+    assert m["peak_rate"] == pytest.approx(1 / 3)  # only 1 of E = {1, 2, 3} is ever on top (5 and 7 are not in E)
+    assert paper.counting_metrics(probs, 2)["peak_rate"] == pytest.approx(1 / 2)  # 1 of E = {1, 2}; 1 of the 3 digits on top would be 1/3
+    # F = {2, 3, 5}, not a subset of E nor containing it: IoU 2/4
+    m = paper.counting_metrics(digits([{2: 0.4, 3: 0.4, 1: 0.2}, {5: 0.9, 1: 0.1}]), 3)
+    assert m["iou"][30] == pytest.approx(2 / 4) and m["completeness"][30] == pytest.approx(2 / 3)
+    assert m["counterfactual"][30] == 0.0  # at c = 1 only 5 reaches 0.3, and 5 is not in E
 
 
 def test_counting_metrics_of_a_flat_curve():
@@ -147,6 +166,20 @@ def test_interpolation_metrics_by_hand():
     assert flat["variation"] == 0 and math.isnan(flat["lipschitz_max"])
 
 
+def test_interpolation_metrics_on_an_uneven_grid_and_a_falling_curve():
+    """The slope is per unit of x (not per sample), normalised by the curve's range (not by the
+    difference of its ends) and multiplied by the x range; the variation measures how far the
+    curve leaves the band between its two ends, above or below, for a falling curve too."""
+    x = torch.tensor([0.0, 0.1, 0.5, 1.0])
+    y = torch.tensor([0.9, 0.95, 0.3, 0.4])  # falls from 0.9 to 0.4; overshoots above (0.95) and below (0.3)
+    m = paper.interpolation_metrics(x, torch.stack((y, 1 - y), 1))
+    assert m["variations"][0] == pytest.approx(0.1)  # 0.4 - 0.3 below the band, more than 0.95 - 0.9 above
+    # steepest: 0.65 over 0.4 of x = 1.625 per unit; range 0.65; x range 1: 1.625 / 0.65 = 2.5
+    # (per sample it would be 0.65 / 0.65 * 3 = 3; by the ends' difference 1.625 / 0.5 = 3.25)
+    assert m["lipschitz"][0] == pytest.approx(2.5)
+    assert ex.variation([0.2, 0.5, 0.8]) == 0 and ex.normalized_lipschitz([0, 1, 2], [0.2, 0.5, 0.8]) == pytest.approx(1.0)
+
+
 def test_interpolation_summary_by_kind():
     records = [
         {"key": "0-first", "info": {"kind": "first"}, "metrics": {"variation": 0.1, "lipschitz_max": 2.0}},
@@ -212,13 +245,51 @@ def test_builtin_datasets_have_the_official_shape():
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow  # the real default model, four tasks end to end
-@pytest.mark.parametrize("task", paper.TASKS)
-def test_reproduce_end_to_end_and_resume(task, tmp_path):
-    from load import fetch_model
+@pytest.fixture(scope="module")
+def default_model():
+    from load import fetch_model, load
 
     os.environ["CONTGPT_CACHE"] = str(CACHE)
     fetch_or_skip(lambda: fetch_model("qwen2.5-0.5b"))
+    return load("qwen2.5-0.5b", dtype="float32")
+
+
+def point_by_point(model, tokenizer, case) -> torch.Tensor:
+    """The tracked answers' probabilities (N, A) of a case, one plain forward per sweep point: the
+    reference for the sweep engine's batches and shared prefixes."""
+    rows = []
+    for i in range(len(case.x)):
+        inputs = {k: v[i] if v.dim() == (3 if k == "embeds" else 2) else v for k, v in case.inputs.items()}
+        rows.append(model(**inputs, last_only=True)[0, -1])
+    return ex.answer_probs(torch.stack(rows), tokenizer, case.answers)[0]
+
+
+def metrics_of(task, case, probs):
+    if task in ("counting", "events"):
+        m = paper.counting_metrics(probs, case.info["n"])
+        return {k: paper.area(v) for k, v in m.items() if k != "peak_rate"} | {"peak_rate": m["peak_rate"]}
+    if task == "sums":
+        return paper.sums_metrics(probs, case.info["correct"], case.info["readings"])
+    m = paper.interpolation_metrics(case.x, probs)
+    return {"variation": m["variation"], "lipschitz_max": m["lipschitz_max"]}
+
+
+def same(a, b) -> bool:
+    """Equal, numbers to 1e-9 with NaN equal to NaN, through dicts and lists (a summary's values)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, abs_tol=1e-9)
+    return a == b
+
+
+@pytest.mark.slow  # the real default model, four tasks end to end
+@pytest.mark.parametrize("task", paper.TASKS)
+def test_reproduce_end_to_end_and_resume(task, tmp_path, default_model):
+    """The command's records hold what the model says (each sweep point recomputed here by a
+    plain forward) and the metrics of it; the summary is of those records; a rerun resumes."""
     command = [sys.executable, str(ROOT / "demos" / "reproduce.py"), "--task", task, "--limit", "3", "--samples", "5", "--dtype", "float32", "--out", str(tmp_path)]
     env = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -228,6 +299,23 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path):
     assert len(records) == 3 and all("metrics" in r for r in records)
     summary = json.loads((tmp_path / f"{task}_qwen2.5-0.5b_float32_builtin.summary.json").read_text())
     assert summary["run"] == 3 and (tmp_path / f"{task}_qwen2.5-0.5b_float32_builtin.png").exists()
+    model, tokenizer = default_model
+    items = {item["key"]: item for item in paper.load_items(task)}
+    for record in records:
+        item = items[record["key"]]
+        case = paper.interpolation_case(item, model, tokenizer, 5) if task == "interpolation" else getattr(paper, f"{task}_case")(item, tokenizer, 5)
+        reference = point_by_point(model, tokenizer, case)
+        # stored rounded to 6 decimals; batched against one by one: measured 1.2e-6 at most
+        assert torch.tensor(record["probs"]) == pytest.approx(reference, abs=1e-5)
+        expected, stored = metrics_of(task, case, reference), metrics_of(task, case, torch.tensor(record["probs"]))
+        assert stored == pytest.approx(expected, abs=1e-6, nan_ok=True)
+        recorded = record["metrics"]
+        if task in ("counting", "events"):
+            recorded = {k: paper.area(v) for k, v in recorded.items() if k != "peak_rate"} | {"peak_rate": recorded["peak_rate"]}
+        elif task == "interpolation":
+            recorded = {"variation": recorded["variation"], "lipschitz_max": recorded["lipschitz_max"]}
+        assert recorded == pytest.approx(expected, abs=1e-6, nan_ok=True)
+    assert same(summary, paper.summarize(task, records) | {k: summary[k] for k in ("task", "model", "dtype", "dataset", "samples", "ranks", "seconds")})
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert "3 already done, 0 to run" in again.stdout and len(log.read_text().splitlines()) == 3
     table = subprocess.run([*command[:2], "--table", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
