@@ -71,7 +71,8 @@ def calls(draw):
         embeds = torch.randn(B, T, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         if draw(st.integers(0, 9)) == 9:
             embeds[0, -1, 0] = draw(st.sampled_from([math.nan, math.inf, 1e39]))
-        call["embeds"] = embeds.to(draw(st.sampled_from([torch.float32, torch.float64])))
+        kind = draw(st.sampled_from([torch.float32, torch.float64, torch.float32, torch.float64, torch.int64, torch.bool]))
+        call["embeds"] = embeds.round().to(kind) if kind == torch.int64 else (embeds > 0) if kind == torch.bool else embeds.to(kind)
     timeline_rows = draw(st.sampled_from([1, B]))
     if draw(st.booleans()):
         call["positions"] = draw(numbers(timeline_rows, T, "positions"))
@@ -83,7 +84,12 @@ def calls(draw):
 
 
 def check(model, call, cache=None):
-    """The contract: finite float32 logits of the right shape, or a ValueError. Returns the logits or None."""
+    """The contract: finite float32 logits of the right shape, or a ValueError. Returns the logits or None.
+    Integer or boolean embeddings are always a ValueError (cast, they would run as nonsense)."""
+    if "embeds" in call and not call["embeds"].is_floating_point():
+        with pytest.raises(ValueError):  # this one, or another problem of the call found first
+            model(**call, cache=cache)
+        return None
     try:
         logits = model(**call, cache=cache)
     except ValueError:

@@ -87,6 +87,27 @@ def test_area_and_summary_of_one_item():
     assert s["auc_completeness"] == pytest.approx(0.755, abs=1e-6)
 
 
+def test_summaries_of_counting_and_events_average_the_items():
+    """Two items: the summary's peak rate is their mean (1/2 and 1: 3/4); events are summarised as
+    counting is; a summary of nothing but errors has no metrics."""
+    records = [{"key": "0", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}, {5: 0.9}]), 4)},  # 1, 2 on top: 2/4
+               {"key": "1", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}]), 2)}]  # 1, 2 on top: 2/2
+    for task in ("counting", "events"):
+        s = paper.summarize(task, records)
+        assert s["peak_rate"] == pytest.approx(3 / 4)
+        assert s["auc_completeness"] == pytest.approx(paper.area([(a + b) / 2 for a, b in zip(records[0]["metrics"]["completeness"], records[1]["metrics"]["completeness"], strict=True)]))
+    assert paper.summarize("counting", [{"key": "0", "error": "x"}]) == {"items": 1, "run": 0, "errors": {"0": "x"}}
+
+
+def test_sums_rates_of_no_decidable_or_no_valid_items_are_nan():
+    undecidable = paper.sums_metrics(digits([{3: 1.0}]), "3", [])
+    s = paper.summarize("sums", [{"key": "0", "metrics": undecidable}])
+    assert s["undecidable"] == 1 and math.isnan(s["valid_rate"]) and math.isnan(s["successful_rate"])
+    invalid = paper.sums_metrics(digits([{2: 0.9}, {2: 0.6, 3: 0.4}]), "3", ["2"])
+    s = paper.summarize("sums", [{"key": "0", "metrics": invalid}])
+    assert s["valid_rate"] == 0.0 and all(math.isnan(s[f"{k}_rate"]) for k in ("successful", "strongly", "completely"))
+
+
 def test_area_is_the_trapezoid_rule_not_the_mean_of_the_samples():
     """Curves whose ends weigh half: a wrong rule (the mean of 101 samples) gives twice these."""
     assert paper.area([1.0] + [0.0] * 100) == pytest.approx(0.005, abs=1e-7)  # mean: 0.0099
@@ -131,6 +152,8 @@ def test_sums_metrics_by_hand():
     assert m["strongly"] and not m["completely"]  # at the second c, 2 beats 3 but is not on top
     always_top = digits([{2: 0.6, 3: 0.3}, {3: 0.9}])
     assert paper.sums_metrics(always_top, "3", case_readings)["completely"]
+    tied = digits([{2: 0.4, 3: 0.4, 1: 0.2}, {3: 0.9}])  # the reading only ties the correct digit: it does not beat it
+    assert not paper.sums_metrics(tied, "3", case_readings)["successful"]
 
 
 def test_sums_invalid_and_undecidable():
@@ -162,6 +185,7 @@ def test_interpolation_metrics_by_hand():
     assert m["variations"] == pytest.approx([0.3, 0.3])  # 0.9 over the top of 0.6; 0.1 under 0.4
     assert m["lipschitz"][0] == pytest.approx(0.4 / 0.25 / 0.7)  # steepest 0.4 per 0.25, range 0.7
     assert m["variation"] == pytest.approx(0.3)
+    assert m["lipschitz_max"] == pytest.approx(max(m["lipschitz"])) and m["lipschitz_max"] > 1
     flat = paper.interpolation_metrics(x, torch.full((5, 2), 0.5))
     assert flat["variation"] == 0 and math.isnan(flat["lipschitz_max"])
 
@@ -189,6 +213,12 @@ def test_interpolation_summary_by_kind():
     s = paper.summarize("interpolation", records)
     assert s["mean_variation"] == pytest.approx(0.04) and s["share_variation_over_0.05"] == pytest.approx(1 / 3)
     assert s["mean_lipschitz_by_kind"] == {"first": 2.0, "both": 1.0} and s["flat_items"] == 1
+    two = records + [{"key": "2-both", "info": {"kind": "both"}, "metrics": {"variation": 0.05, "lipschitz_max": 3.0}}]
+    s = paper.summarize("interpolation", two)
+    assert s["mean_lipschitz_by_kind"]["both"] == pytest.approx(2.0)  # the mean of 1 and 3
+    assert s["share_variation_over_0.05"] == pytest.approx(2 / 4)  # 0.1 and exactly 0.05 count: at least 0.05
+    only_flat = paper.summarize("interpolation", records[1:2])  # a kind whose every item is flat: NaN, not an error
+    assert math.isnan(only_flat["mean_lipschitz_by_kind"]["first"]) and only_flat["flat_items"] == 1
 
 
 # ----------------------------------------------------------------------------- datasets
