@@ -243,6 +243,22 @@ def llama_cpp_vocab_dir() -> Path:
 
 # ----------------------------------------------------------------------------- the explorer in a real browser
 
+
+def tiny_explorer_model(tokenizer, scale: float):
+    """A tiny random Qwen2-style model over the tokenizer's vocabulary, weights N(0, scale^2),
+    with the precision load() would set: what the explorer's quick tests serve."""
+    from contgpt import Config, Transformer
+    from precision import resolve
+
+    cfg = Config(family="qwen2", vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g))
+    model.precision = resolve("float32", torch.device("cpu"))
+    return model.eval()
+
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 

@@ -12,11 +12,8 @@ import threading
 import time
 
 import pytest
-import torch
-from conftest import ROOT, SETTLED, click_chip, open_page, slide, wait
+from conftest import ROOT, SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
 
-from contgpt import Config, Transformer
-from precision import resolve
 from tokenizer import Tokenizer
 
 if "explore" not in sys.modules:  # test_explorer.py loads it the same way
@@ -48,14 +45,7 @@ class SlowSweeps(explore.Explorer):
 def page(trained_bpe_json, browser):
     """(explorer, tokenizer, browser at the page's URL)."""
     tokenizer = Tokenizer.from_file(trained_bpe_json)
-    cfg = Config(family="qwen2", vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
-    model = Transformer(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    model.precision = resolve("float32", torch.device("cpu"))  # what load() sets
-    explorer = SlowSweeps(model.eval(), tokenizer, "tiny")
+    explorer = SlowSweeps(tiny_explorer_model(tokenizer, 0.3), tokenizer, "tiny")
     httpd = explore.serve(explorer, "127.0.0.1", 0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"

@@ -12,11 +12,8 @@ import threading
 import time
 
 import pytest
-import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_explorer_model
 
-from contgpt import Config, Transformer
-from precision import resolve
 from tokenizer import Tokenizer
 
 if "explore" not in sys.modules:  # test_explorer.py loads it the same way
@@ -51,14 +48,7 @@ class CountingExplorer(explore.Explorer):
 @pytest.fixture(scope="module")
 def server(trained_bpe_json):
     tokenizer = Tokenizer.from_file(trained_bpe_json)
-    cfg = Config(family="qwen2", vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
-    model = Transformer(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    model.precision = resolve("float32", torch.device("cpu"))  # what load() sets
-    explorer = CountingExplorer(model.eval(), tokenizer, "tiny")
+    explorer = CountingExplorer(tiny_explorer_model(tokenizer, 0.1), tokenizer, "tiny")
     saved, explore.READ_TIMEOUT = explore.READ_TIMEOUT, READ_TIMEOUT
     try:
         httpd = explore.serve(explorer, "127.0.0.1", 0)
