@@ -150,6 +150,8 @@ class Explorer:
     def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, dict]:
         """(request, swept values, model inputs of every point), all checked before anything runs."""
         request = self.parse(body)
+        if not request.answers:
+            raise BadRequest("a sweep tracks answers: type them (comma-separated) before sweeping")
         points = _number(body, "points", 2, MAX_POINTS, integer=True)
         if request.interpolation:
             xs = torch.linspace(0.0, 1.0, points)

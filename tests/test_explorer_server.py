@@ -163,3 +163,11 @@ def test_a_prompt_with_braces_and_emoji_can_be_interpolated(server):
     assert status == 200 and "apple → pear" in answer["labels"], answer
     status, answer = post(port, "/api/predict", {**PREDICT, "prompt": prompt, "interpolation": {**spec, "start": 6, "end": 8}})
     assert status == 400 and "start = 6 falls inside a character" in answer["error"]  # the second half of the emoji
+
+
+def test_no_answers_are_proposed_for_a_prediction_and_refused_for_a_sweep(server):
+    explorer, port = server
+    status, answer = post(port, "/api/predict", {**PREDICT, "answers": []})
+    assert status == 200 and answer["proposed"] and list(answer["answers"]) == explore._proposals([t for t, _ in answer["top"]])
+    status, answer = post(port, "/api/sweep", {**PREDICT, "answers": [], "points": 3, "selected": [0], "low": 0.5, "high": 1.0})
+    assert status == 400 and "a sweep tracks answers" in answer["error"]
