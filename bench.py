@@ -313,8 +313,6 @@ def hook_cost(name: str, repeats: int) -> None:
     """What the named hook points (resid_in, resid_out, self_attn.probs: identity modules) cost a
     forward of the apples prompt: as they are, replaced by plain functions (the peer: no module
     call at all), and with a no-op forward hook on every one. Alternating runs, medians."""
-    import statistics
-
     from load import load
 
     model, tokenizer = load(name, dtype="float32")

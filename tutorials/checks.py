@@ -1,5 +1,6 @@
 """Checkers for the tutorials' exercises: each compares your answer with the truth, computed here
-from the same inputs, and says what is wrong (with a hint) or that it is right.
+(or by contgpt's own function) from the same inputs, and says what is wrong (with a hint) or
+that it is right. Import it after putting the checkout on sys.path, as the notebooks do.
 
 An exercise cell starts with `answer = ...`; left like that, its checker only says that the
 exercise is open (so a notebook still runs top to bottom). Any other answer is checked, and a
@@ -12,6 +13,9 @@ import math
 
 import numpy as np
 import torch
+
+import contgpt
+import experiments as ex
 
 OPEN = "not answered yet: replace the ... with your answer (the solution is at the end of the notebook)"
 
@@ -100,8 +104,7 @@ def key_positions(answer, positions, durations, rule: str) -> None:
     """Where each key sits in its interval (t - d, t] under a quadrature rule."""
     if _open(answer):
         return
-    fraction = {"right": 0.0, "left": 1.0, "midpoint": 0.5}[rule]
-    truth = torch.as_tensor(positions, dtype=torch.float64) - fraction * torch.as_tensor(durations, dtype=torch.float64)
+    truth = contgpt.key_positions(torch.as_tensor(positions, dtype=torch.float64), torch.as_tensor(durations, dtype=torch.float64), rule)
     _right(_close(answer, truth, 1e-6), "The right rule puts a key at t, the left at t - d, the midpoint halfway.")
 
 
@@ -109,8 +112,7 @@ def refined(answer, position: float, duration: float, m: int) -> None:
     """The (positions, durations) of m copies that split one token evenly."""
     if _open(answer):
         return
-    step = duration / m
-    truth = (torch.tensor([position - duration + step * (k + 1) for k in range(m)]), torch.full((m,), step))
+    truth = ex.refine(torch.tensor([position]), torch.tensor([duration]), m)[1:]  # (positions, durations)
     ok = isinstance(answer, (tuple, list)) and len(answer) == 2 and all(_close(a, t, 1e-6) for a, t in zip(answer, truth, strict=True))
     _right(ok, "Copy k of m ends at t - d + (k + 1) d / m and lasts d / m; together they cover (t - d, t].")
 
