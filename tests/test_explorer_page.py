@@ -5,22 +5,15 @@ a running sweep cancelled. A tiny random model with a trained byte-level tokeniz
 the default model (the page's behaviour does not depend on it), so these run in the quick tier;
 the default model's page (the paper's effect, timings, the screenshot) is in test_explorer.py."""
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 
 import pytest
-from conftest import ROOT, SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
+from conftest import SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
 
+from demos import explore
 from tokenizer import Tokenizer
-
-if "explore" not in sys.modules:  # test_explorer.py loads it the same way
-    spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
-    sys.modules["explore"] = importlib.util.module_from_spec(spec)  # (its dataclasses look themselves up there)
-    spec.loader.exec_module(sys.modules["explore"])
-explore = sys.modules["explore"]
 
 POINT_SECONDS = 0.05  # each sweep point is slowed to this, one point a batch, so that a sweep can be caught running
 

@@ -4,23 +4,16 @@ server's rules do not depend on it), so these run in the quick tier; every conne
 127.0.0.1, and every loop is bounded in count and time."""
 
 import http.client
-import importlib.util
 import json
 import socket
-import sys
 import threading
 import time
 
 import pytest
-from conftest import ROOT, tiny_explorer_model
+from conftest import tiny_explorer_model
 
+from demos import explore
 from tokenizer import Tokenizer
-
-if "explore" not in sys.modules:  # test_explorer.py loads it the same way
-    spec = importlib.util.spec_from_file_location("explore", ROOT / "demos" / "explore.py")
-    sys.modules["explore"] = importlib.util.module_from_spec(spec)  # (its dataclasses look themselves up there)
-    spec.loader.exec_module(sys.modules["explore"])
-explore = sys.modules["explore"]
 
 BATCH_SECONDS = 0.1  # of the slow sweep below
 READ_TIMEOUT = 1.5  # the server's, shortened for these tests
