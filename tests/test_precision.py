@@ -58,14 +58,25 @@ def test_auto_measures_when_the_cpu_has_no_flag_list(detection):
     assert precision.resolve("auto", CPU).compute == torch.float32
 
 
-def test_the_real_probe_agrees_with_the_real_flags():
-    """On this machine, whatever it is: native flags and a measured speed-up go together."""
+def test_the_real_probe_agrees_with_the_real_flags(monkeypatch):
+    """On this machine, whatever it is: without bf16 flags nothing is measured and the answer is
+    float32; with them, the probe measures once, its reason names the flags and the figure, the
+    decision follows the figure, and a second measurement here agrees with the decision."""
     precision.cpu_bf16.cache_clear()
+    figures = []
+    measure = precision.measured_bf16_speedup
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: figures.append(measure()) or figures[-1])
     fast, why = precision.cpu_bf16()
+    precision.cpu_bf16.cache_clear()
     flags = precision.cpu_flags()
-    if flags is not None and not flags & precision.BF16_FLAGS:
-        assert not fast
-    assert why
+    native = sorted(flags & precision.BF16_FLAGS) if flags is not None else []
+    if flags is not None and not native:  # this machine, 2026-12-02: AVX2, no bf16
+        assert not fast and figures == [] and "no bf16 instructions" in why
+        return
+    assert len(figures) == 1 and f"{figures[0]:.1f}x" in why and all(flag in why for flag in native)
+    assert fast == (figures[0] >= precision.MIN_BF16_SPEEDUP)
+    again = measure(n=512)  # another size: a decision from one lucky run would not hold here
+    assert again > 1.0 if fast else again < 2 * precision.MIN_BF16_SPEEDUP, (figures, again)
 
 
 def test_int8_activations_follow_the_hardware(detection):
