@@ -102,7 +102,10 @@ def interpolate(a: torch.Tensor, b: torch.Tensor, alphas, method: str = "linear"
         raise ValueError(f"unknown interpolation {method!r}; choose linear or slerp")
     na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
     ua, ub = a / na, b / nb
-    omega = torch.arccos((ua * ub).sum(-1, keepdim=True).clamp(-1, 1))
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1, 1)
+    if (cos <= -1 + 1e-6).any():  # (within 0.1 degrees of) opposite: every great circle joins them
+        raise ValueError("slerp is undefined between opposite directions (a row of b is a negative multiple of a's); use linear")
+    omega = torch.arccos(cos)
     sin = torch.sin(omega)
     parallel = sin.abs() < 1e-6  # same direction: slerp degenerates to lerp
     safe = torch.where(parallel, torch.ones_like(sin), sin)

@@ -1,11 +1,13 @@
 """The experiment toolkit on small tokenizers and tiny models: spans, timelines, answers,
 interpolation, metrics, plots, and a batched sweep against the same points one by one."""
 
+import json
 import math
+import re
 
 import pytest
 import torch
-from conftest import VOCAB, varied_strings
+from conftest import VOCAB, assert_close, varied_strings
 
 import experiments as ex
 from load import load
@@ -160,6 +162,37 @@ def test_linear_and_slerp_interpolation():
     assert torch.allclose(same[1], 1.5 * a)
 
 
+def test_slerp_turns_each_row_at_a_constant_angular_speed():
+    """Rows of several norms and angles, at alphas that separate slerp from a normalised lerp
+    (which agree at 0.5 by symmetry): each row's norm moves linearly and its direction turns by
+    alpha times the angle between the rows, in the plane of the two."""
+    a = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 1.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 2.0], [-1.0, 1.0, 0.5]])
+    alphas = [0.0, 0.25, 0.8, 1.0]
+    out = ex.interpolate(a, b, alphas, "slerp")
+    assert out.shape == (4, 3, 3)
+    unit = lambda v: v / v.norm(dim=-1, keepdim=True)  # noqa: E731
+    omega = torch.arccos((unit(a) * unit(b)).sum(-1))  # (3,) the angle of each row pair
+    for k, alpha in enumerate(alphas):
+        assert_close(out[k].norm(dim=-1), (1 - alpha) * a.norm(dim=-1) + alpha * b.norm(dim=-1), 1e-5)
+        assert_close(torch.arccos((unit(out[k]) * unit(a)).sum(-1).clamp(-1, 1)), alpha * omega, 1e-3)  # arccos near 0 loses digits
+        assert_close(torch.arccos((unit(out[k]) * unit(b)).sum(-1).clamp(-1, 1)), (1 - alpha) * omega, 1e-3)
+    assert_close(out[0], a, 1e-6)
+    assert_close(out[-1], b, 1e-6)
+
+
+def test_slerp_of_rows_that_share_a_direction_is_finite_and_opposite_rows_are_refused():
+    a = torch.tensor([[1.0, 2.0, 3.0]])
+    nudged = a * 2 + torch.tensor([[1e-7, 0, 0]])  # a dot product that rounds above 1
+    out = ex.interpolate(a, nudged, [0.0, 0.3, 1.0], "slerp")
+    assert torch.isfinite(out).all()
+    assert_close(out[1], 1.3 * a, 1e-5)
+    with pytest.raises(ValueError, match="opposite directions .* use linear"):
+        ex.interpolate(a, -2 * a, [0.5], "slerp")
+    with pytest.raises(ValueError, match="unknown interpolation 'cubic'; choose linear or slerp"):
+        ex.interpolate(a, a, [0.5], "cubic")
+
+
 def test_align_words_of_different_lengths():
     a, b = torch.eye(5)[:2], torch.eye(5)[2:]  # 2 tokens against 3
     seg_a, seg_b, durations = ex.align(a, b)
@@ -239,13 +272,72 @@ def test_batched_sweep_equals_points_one_by_one(tiny):
     batched = last_logits(tiny, tokens, positions=positions, durations=durations, batch_size=3)
     for i in range(7):
         alone = tiny(tokens, positions=positions[i], durations=durations[i])[0, -1]
-        assert (batched[i] - alone).abs().max() <= 1e-4
+        assert_close(batched[i], alone, 2e-5)  # measured 2.2e-6 (2026-12-02)
 
 
-def test_plot_and_json_are_written(tmp_path):
-    curves = ex.Curves([0.0, 0.5, 1.0], "c", ["a", "b"], torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.1, 0.8]]), torch.tensor([0.0, 0.0, 0.1]))
-    png = ex.plot(curves, tmp_path / "x.png", "title")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    data = ex.save_json(curves.to_dict(), tmp_path / "x.json")
-    assert '"top": [' in data.read_text()
-    assert "0.500" in ex.table(curves)
+def small_curves(n_answers=2, n_points=3, **meta):
+    """n_points points with n_answers tracked answers "a0", "a1", ...: answer i's probability is
+    (i + 1) / 100 plus the point's x / 2, and the last answer leads from x = 0.5 on."""
+    x = torch.linspace(0, 1, n_points)
+    probs = torch.stack([(i + 1) / 100 + x / 2 * (i == n_answers - 1) + (0.3 - x / 4) * (i == 0) for i in range(n_answers)], 1)
+    return ex.Curves(x.tolist(), "c", [f"a{i}" for i in range(n_answers)], probs, 1 - probs.sum(1), dict(meta))
+
+
+def drawn(monkeypatch, curves, tmp_path, **options):
+    """The axes ex.plot drew, kept from closing, and the file it wrote."""
+    figures = []
+    save = ex.save_figure
+    monkeypatch.setattr(ex, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
+    path = ex.plot(curves, tmp_path / "deep" / "x.png", "the title", **options)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    return figures[0].axes[0]
+
+
+def test_plot_draws_each_answer_and_the_rest_dashed(monkeypatch, tmp_path):
+    curves = small_curves(3)
+    ax = drawn(monkeypatch, curves, tmp_path)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == ["a0", "a1", "a2", "other"]
+    for i, answer in enumerate(curves.answers):
+        assert list(lines[answer].get_xdata()) == curves.x and list(lines[answer].get_ydata()) == curves.probs[:, i].tolist()
+        assert lines[answer].get_linestyle() == "-"
+    assert list(lines["other"].get_ydata()) == curves.other.tolist()
+    assert lines["other"].get_linestyle() == "--" and lines["other"].get_color() == "k"
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("c", "probability", "the title")
+    assert ax.get_ylim() == (-0.02, 1.02)  # 0 and 1 in view, whatever the curves
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a0", "a1", "a2", "other"]
+    assert ax.get_legend()._ncols == 1
+
+
+def test_plot_shows_only_the_answers_asked_and_a_long_legend_in_two_columns(monkeypatch, tmp_path):
+    ax = drawn(monkeypatch, small_curves(3), tmp_path, show=["a2"])
+    assert [line.get_label() for line in ax.get_lines()] == ["a2", "other"]
+    assert list(ax.get_lines()[0].get_ydata()) == small_curves(3).probs[:, 2].tolist()
+    assert drawn(monkeypatch, small_curves(7), tmp_path).get_legend()._ncols == 2
+    assert drawn(monkeypatch, small_curves(6), tmp_path).get_legend()._ncols == 1
+
+
+def test_json_holds_the_curves_and_their_meta(tmp_path):
+    curves = small_curves(2, span=[3, 4], prompt="p")
+    data = curves.to_dict()
+    assert data == {"xlabel": "c", "x": curves.x, "answers": ["a0", "a1"], "probs": curves.probs.tolist(),
+                    "other": curves.other.tolist(), "top": ["a0", "a1", "a1"], "span": [3, 4], "prompt": "p"}  # fmt: skip
+    path = ex.save_json(data, tmp_path / "new" / "folder" / "x.json")
+    assert path == tmp_path / "new" / "folder" / "x.json" and json.loads(path.read_text()) == data
+    assert path.read_text().startswith('{\n "xlabel"')  # indented, one key a line
+
+
+def test_table_samples_about_the_rows_asked_and_always_the_last_point():
+    curves = small_curves(2, 25)
+    lines = ex.table(curves, rows=10).splitlines()
+    assert lines[0].split() == ["c", "a0", "a1", "other", "top"]
+    picks = [0, 3, 6, 9, 12, 15, 18, 21, 24]  # every ceil(25 / 10) = 3rd point, the last one included
+    assert [float(line.split()[0]) for line in lines[1:]] == [round(curves.x[i], 3) for i in picks]
+    for line, i in zip(lines[1:], picks):
+        cells = line.split()
+        assert cells[1:4] == [f"{v:.3f}" for v in (*curves.probs[i].tolist(), curves.other[i].item())]
+        assert cells[4] == curves.top()[i]
+    ends = {tuple(m.end() for m in re.finditer(r"\S+", line))[:4] for line in lines}
+    assert len(ends) == 1  # the numbers right-aligned under their headings
+    assert len(ex.table(small_curves(2, 26), rows=10).splitlines()) == 1 + 10  # ceil(26 / 10) = 3: 0, 3, ..., 24 and 25
+    assert len(ex.table(small_curves(2, 3), rows=10).splitlines()) == 1 + 3  # fewer points than rows: all of them
