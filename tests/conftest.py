@@ -4,6 +4,7 @@ transformers and tokenizers are test-only references; ../shared (this workplace'
 optional and the tests that need it skip cleanly without it.
 """
 
+import json
 import math
 import os
 import random
@@ -56,6 +57,32 @@ TINY = {
                                       logits_scaling=2.5)),
 }  # fmt: skip
 SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
+
+
+MEASURED: list[tuple[str, float, float]] = []  # (test, largest difference, tolerance) of each assert_close
+
+
+def assert_close(ours, reference, tolerance: float, case: str = "") -> float:
+    """Asserts that the largest absolute difference is at most `tolerance`, and records it: with
+    CONTGPT_TOLERANCES=FILE, every test's largest difference and its tolerance go to FILE (JSON)
+    when the run ends, the measurement a tolerance's comment should quote (docs/tests.md). `case`
+    names the case within a test that loops over several."""
+    ours, reference = (x if torch.is_tensor(x) else torch.tensor(x, dtype=torch.float64) for x in (ours, reference))
+    assert ours.shape == reference.shape, (ours.shape, reference.shape)
+    difference = (ours.double() - reference.double()).abs().max().item() if ours.numel() else 0.0
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+    MEASURED.append((f"{test} {case}".strip(), difference, tolerance))
+    assert difference <= tolerance, f"{case}: largest difference {difference:.3g} > tolerance {tolerance:.3g}"
+    return difference
+
+
+def pytest_sessionfinish(session):
+    if os.environ.get("CONTGPT_TOLERANCES") and MEASURED:
+        worst = {}  # (test, tolerance): the largest difference held to it
+        for test, difference, tolerance in MEASURED:
+            worst[test, tolerance] = max(worst.get((test, tolerance), 0.0), difference)
+        rows = [{"test": t, "tolerance": tol, "measured": d} for (t, tol), d in sorted(worst.items())]
+        Path(os.environ["CONTGPT_TOLERANCES"]).write_text(json.dumps(rows, indent=1))
 
 
 def randomize(model, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ import unicodedata
 
 import pytest
 import torch
-from conftest import VOCAB, fetch_or_skip, llama3_tokenizer_file, llama_cpp_vocab_dir
+from conftest import VOCAB, assert_close, fetch_or_skip, llama3_tokenizer_file, llama_cpp_vocab_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,8 +132,9 @@ def a_valid_call_equals_a_cached_prefix_and_its_continuation(models, drawn, data
     cache = KVCache(call["rule"])
     first = model(**part(call, slice(0, k)), cache=cache)
     rest = model(**part(call, slice(k, T)), cache=cache)
-    assert (first - full[:, :k]).abs().max() <= 1e-4
-    assert (rest - full[:, k:]).abs().max() <= 1e-4 and len(cache) == T
+    assert_close(first, full[:, :k], 7e-5)  # measured at most 6.9e-6 over the fixed draws (2026-12-02)
+    assert len(cache) == T
+    assert_close(rest, full[:, k:], 7e-5)
 
 
 def last_logits_equals_plain_forwards(models, drawn):
@@ -144,7 +145,7 @@ def last_logits_equals_plain_forwards(models, drawn):
         return
     inputs = {k: call[k] for k in ("tokens", "embeds", "positions", "durations") if k in call}
     swept = last_logits(model, rule=call["rule"], **inputs)
-    assert (swept - full[:, 0]).abs().max() <= 1e-4
+    assert_close(swept, full[:, 0], 7e-5)  # measured at most 5.1e-6 over the fixed draws (2026-12-02)
 
 
 def fuzzed(prop, *strategies):

@@ -7,7 +7,7 @@ llama.cpp's rope_freqs and longrope tensors: test_gguf.py.)"""
 
 import pytest
 import torch
-from conftest import COMMON, VOCAB, randomize, reference_mask, reference_model
+from conftest import COMMON, VOCAB, assert_close, randomize, reference_mask, reference_model
 
 from contgpt import timeline_length
 from load import config_from_hf, load
@@ -57,7 +57,7 @@ def test_integer_positions_match_transformers(checkpoints, kind):
         tokens = tokens_of(T)
         theirs = reference_model(checkpoints[kind])  # fresh: transformers' dynamic scaling keeps state between calls
         with torch.no_grad():
-            assert (ours(tokens) - theirs(tokens).logits).abs().max() <= 2e-5, (kind, T)
+            assert_close(ours(tokens), theirs(tokens).logits, 2e-5, f"{kind} T={T}")
 
 
 @pytest.mark.parametrize("kind", SCALINGS)
@@ -75,7 +75,7 @@ def test_continuous_timelines_match_transformers(checkpoints, kind):
         with torch.no_grad():
             expected = theirs(tokens, position_ids=positions, attention_mask=reference_mask(durations, None, kind)).logits
             got = ours(tokens, positions=positions, durations=durations)
-        assert (got - expected).abs().max() <= 2e-5, (kind, T, low, high)
+        assert_close(got, expected, 2e-5, f"{kind} T={T} positions {low}..{high}")
 
 
 @pytest.mark.parametrize("kind", ["dynamic", "longrope"])
@@ -88,7 +88,7 @@ def test_length_dependent_scalings_switch_where_transformers_does(checkpoints, k
         short, long = ours(tokens[:, :CONTEXT]), ours(tokens)[:, :CONTEXT]
         below = ours(tokens[:, : CONTEXT - 1])
     assert (short - long).abs().max() > 1e-3
-    assert (short[:, : CONTEXT - 1] - below).abs().max() <= 1e-5  # no switch below the context
+    assert_close(short[:, : CONTEXT - 1], below, 1e-5)  # no switch below the context
 
 
 @pytest.mark.parametrize("kind", SCALINGS)
@@ -101,7 +101,7 @@ def test_every_scaling_is_shift_invariant(checkpoints, kind):
     positions = durations.cumsum(1) - 1
     with torch.no_grad():
         shifted = ours(tokens, positions=positions + 100.5, durations=durations)
-        assert (ours(tokens, positions=positions, durations=durations) - shifted).abs().max() <= 5e-5
+        assert_close(ours(tokens, positions=positions, durations=durations), shifted, 5e-5)
 
 
 def test_timeline_length_is_the_time_it_covers():
