@@ -41,8 +41,8 @@ def test_merge_keeps_the_first_record_of_each_key_in_the_dataset_s_order(tmp_pat
     write([record("b"), record("d", "rank 0")], rank0.own)
     write([record("a"), record("d", "rank 1"), record("z")], rank1.own)  # d again: run twice, after a resume
     write([record("c"), record("y")], rank2.own)
-    merged = rank0.merge(["a", "b", "c", "d"])
-    assert [r["key"] for r in merged] == ["a", "b", "c", "d", "y", "z"]  # the dataset's order, then keys not in it, sorted
+    merged = rank0.merge(["c", "a", "d", "b"])
+    assert [r["key"] for r in merged] == ["c", "a", "d", "b", "y", "z"]  # the dataset's order, then keys not in it, sorted
     assert [r for r in merged if r["key"] == "d"] == [record("d", "rank 0")]  # the first file's record wins
     assert parallel.read_lines(rank0.own) == merged
     assert not rank1.own.exists() and not rank2.own.exists() and rank0.files() == [rank0.own]
@@ -63,3 +63,23 @@ def test_a_merge_stopped_before_its_rename_changes_nothing(tmp_path, monkeypatch
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith(".merging")} == before
     assert [r["key"] for r in rank0.merge(["a", "b"])] == ["a", "b"]  # and the next merge completes it
+
+
+def test_the_records_folder_is_made_and_a_cut_is_reported(tmp_path, capsys):
+    runs = parallel.Records(tmp_path / "new" / "folder", "run", 0)
+    with runs.append() as f:  # the folder and its parents are made
+        f.write(json.dumps(record("0")) + "\n" + '{"key": "1", "va')
+    with runs.append():
+        pass
+    assert capsys.readouterr().out == (f"{runs.own}: dropped a truncated last line (16 bytes, an item interrupted while "
+                                       "it was written); it will be run again\n")  # fmt: skip
+    assert runs.read() == [record("0")]
+
+
+def test_blank_lines_are_skipped_and_a_damaged_line_is_named(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.write_text(json.dumps(record("0")) + "\n\n" + json.dumps(record("1")) + "\n")
+    assert parallel.read_lines(path) == [record("0"), record("1")]  # the records after a blank line too
+    path.write_text(json.dumps(record("0")) + "\n{oops\n" + json.dumps(record("1")) + "\n")
+    with pytest.raises(SystemExit, match=rf"^{path}, line 2, is not a JSON record \(.*\); move the file away to run those items again$"):
+        parallel.read_lines(path)
