@@ -163,8 +163,9 @@ def word_swap(model, tokenizer, template: str, a: str, b: str) -> WordSwap:
     while right < min(len(ids_a), len(ids_b)) - left and ids_a[-1 - right] == ids_b[-1 - right]:
         right += 1
     word_a, word_b = ids_a[left : len(ids_a) - right], ids_b[left : len(ids_b) - right]
-    if not word_a or not word_b:
-        raise ValueError(f"{a!r} and {b!r} give the same tokens in {template!r}: nothing to interpolate")
+    if not word_a or not word_b:  # a segment of one word would face nothing of the other's
+        why = "give the same tokens" if word_a == word_b else f"differ only by tokens that {a if not word_a else b!r} lacks"
+        raise ValueError(f"{a!r} and {b!r} {why} in {template!r}: nothing to interpolate between")
 
     def rows(ids):
         return model.embed(torch.tensor(ids, dtype=torch.long)) if ids else torch.zeros(0, model.config.dim)

@@ -68,6 +68,7 @@ def test_covering_tokens_errors():
         ex.covering_tokens([(0, 3)], 2, 2)
     with pytest.raises(ValueError, match="no token covers"):
         ex.covering_tokens([(0, 3)], 5, 7)
+    assert ex.covering_tokens([(0, 3), (3, 5)], 0, 1) == [0]  # a range from the first character is fine
 
 
 # ----------------------------------------------------------------------------- timelines
@@ -84,6 +85,15 @@ def test_shift_and_scale():
     assert positions.tolist() == [[0, 1, 2, 3], [2.5, 3.5, 4.5, 5.5]] and durations.tolist() == [[1] * 4] * 2
     positions, durations = ex.scale(4, [0.5])
     assert positions.tolist() == [[0, 0.5, 1, 1.5]] and durations.tolist() == [[1] * 4]
+
+
+def test_timelines_from_whole_numbers_are_float32():
+    """Integer factors, shifts and positions (a user's [1, 2]) give float32 timelines the model takes."""
+    for positions, durations in (ex.shrink(3, [1], [1, 2]), ex.shift(3, [1, 2]), ex.scale(3, [1, 2])):
+        assert positions.dtype == durations.dtype == torch.float32
+    assert ex.shift(3, [1])[0].tolist() == [[1.0, 2.0, 3.0]] and ex.scale(3, [2])[0].tolist() == [[0.0, 2.0, 4.0]]
+    _, positions, durations = ex.refine([0, 1], [1, 1], 2)
+    assert positions.dtype == durations.dtype == torch.float32 and positions.tolist() == [-0.5, 0.0, 0.5, 1.0]
 
 
 def test_refine_tiles_each_interval():
@@ -126,6 +136,8 @@ def test_curves_top_and_runs():
     curves = ex.Curves([0.1, 0.2, 0.3, 0.4], "c", ["1", "2"], torch.tensor([[0.6, 0.1], [0.5, 0.4], [0.2, 0.7], [0.1, 0.8]]), torch.zeros(4))
     assert curves.top() == ["1", "1", "2", "2"]
     assert curves.runs() == [("1", 0.1, 0.2), ("2", 0.3, 0.4)]
+    longer = ex.Curves([0.1, 0.2, 0.3], "c", ["1"], torch.ones(3, 1), torch.zeros(3))
+    assert longer.runs() == [("1", 0.1, 0.3)]  # a stretch of three keeps its first x
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -144,6 +156,7 @@ def test_normalized_lipschitz():
     step = (x >= 0.5).float()
     assert ex.normalized_lipschitz(x, step) == pytest.approx(10.0)  # a jump of 1 within 0.1
     assert math.isnan(ex.normalized_lipschitz(x, torch.ones(11)))  # flat: 0/0
+    assert ex.normalized_lipschitz(x + 2, step) == pytest.approx(10.0)  # the x range, not where it starts
 
 
 # ----------------------------------------------------------------------------- interpolation
@@ -243,6 +256,25 @@ def _within(tok, vocab):
     return Folded()
 
 
+@pytest.mark.parametrize("template", ["{} are red?", "Are they {}", "Are {} and apples red? Answer:"])
+def test_word_swap_anywhere_in_the_prompt(tiny, template):
+    """The word first (no shared rows before it), last (none after), or followed by several
+    shared tokens: the endpoints are exactly the two prompts, the shared rows the context's."""
+    tok = WordTokenizer(["Are", "they", "and", "apples", "pears", "tomatoes", "red?", "Answer:", "are"])
+    swap = ex.word_swap(tiny, tok, template, "pears", "tomatoes")
+    embeds = swap.embeds([0.0, 1.0])
+    for k, word in enumerate(["pears", "tomatoes"]):
+        assert torch.equal(embeds[k], tiny.embed(torch.tensor(tok.encode(template.format(word)))))
+    before = template.split().index("{}")
+    assert (len(swap.left), len(swap.right)) == (before, len(template.split()) - before - 1)
+
+
+def test_word_swap_refuses_a_word_that_is_the_other_plus_more(tiny):
+    tok = WordTokenizer(["Are", "apples", "pie", "red?"])
+    with pytest.raises(ValueError, match="'apples' and 'apples pie' differ only by tokens that 'apples' lacks in 'Are {} red\\?'"):
+        ex.word_swap(tiny, tok, "Are {} red?", "apples", "apples pie")  # one side would be empty
+
+
 def test_word_swap_of_multi_token_words(tiny, trained_bpe_json):
     """A word of several tokens against one of another count: aligned segments, durations 1."""
     tok = _within(Tokenizer.from_file(trained_bpe_json), VOCAB)
@@ -288,7 +320,7 @@ def drawn(monkeypatch, curves, tmp_path, **options):
     figures = []
     save = ex.save_figure
     monkeypatch.setattr(ex, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
-    path = ex.plot(curves, tmp_path / "deep" / "x.png", "the title", **options)
+    path = ex.plot(curves, tmp_path / "new" / "folder" / "x.png", "the title", **options)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     return figures[0].axes[0]
 
