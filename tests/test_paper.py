@@ -173,6 +173,26 @@ def test_sums_case_readings(trained_bpe_json):
     ids, offsets = tok.encode_with_offsets(prompt)
     assert "".join(prompt[offsets[i][0] : offsets[i][1]] for i in case.info["span"]).strip() == "82"
     assert paper.format_with_offsets("{a}-{b}{a}", {"a": 7, "b": "xy"}) == ("7-xy7", {"a": (0, 1), "b": (2, 4)})
+    assert paper.format_with_offsets("[{a:>3}]", {"a": 7}) == ("[  7]", {"a": (1, 4)})  # a format spec is applied
+
+
+def test_a_case_is_the_prompt_shrunk_over_its_span(trained_bpe_json):
+    """The second number shrunk: its tokens last c for c in 0.1..1, the digits tracked, and the
+    sum and reading recorded for the metrics."""
+    from tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(trained_bpe_json)
+    item = {"key": "7", "template": "{name} had {item_1} and {item_2}. Total: ", "fields": {"name": "Mia", "item_1": 82, "item_2": 38}, "shrink_1": False}
+    case = paper.sums_case(item, tok, 4)
+    prompt = "Mia had 82 and 38. Total: "
+    ids, offsets = tok.encode_with_offsets(prompt)
+    assert "".join(prompt[offsets[i][0] : offsets[i][1]] for i in case.info["span"]).strip() == "38"
+    assert case.info | {"span": None} == {"n": None, "span": None, "tokens": len(ids), "correct": "1", "readings": ["8", "9"], "sum": 120, "shrunk": 38}  # 3 + 82, 8 + 82
+    assert case.key == "7" and case.answers == [str(d) for d in range(10)]
+    assert case.x == pytest.approx([0.1, 0.4, 0.7, 1.0])
+    positions, durations = ex.shrink(len(ids), case.info["span"], torch.tensor(case.x))
+    assert case.inputs.keys() == {"tokens", "positions", "durations"} and case.inputs["tokens"].tolist() == ids
+    assert torch.equal(case.inputs["positions"], positions) and torch.equal(case.inputs["durations"], durations)
 
 
 # ----------------------------------------------------------------------------- interpolation metrics
@@ -243,13 +263,13 @@ def test_official_formats(tmp_path):
 
 
 def test_malformed_datasets_are_named(tmp_path):
-    with pytest.raises(ValueError, match="item 1 has no num_sentences of type int"):
+    with pytest.raises(ValueError, match=r"item 1 has no num_sentences of type int \(a events item needs sentence, num_sentences\)$"):
         paper.load_items("events", write(tmp_path, "e.json", [{"sentence": "x", "num_sentences": 3}, {"sentence": "y"}]))
-    with pytest.raises(ValueError, match="a JSON list of items"):
+    with pytest.raises(ValueError, match="a JSON list of items, not dict$"):
         paper.load_items("counting", write(tmp_path, "d.json", {"word": "x"}))
     with pytest.raises(FileNotFoundError, match="no dataset at"):
         paper.load_items("sums", tmp_path / "missing.json")
-    with pytest.raises(ValueError, match="unknown task 'poetry'"):
+    with pytest.raises(ValueError, match="^unknown task 'poetry'; choose one of counting, events, sums, interpolation$"):
         paper.load_items("poetry")
 
 
@@ -263,6 +283,16 @@ def test_events_steps_must_match(trained_bpe_json):
     assert covered.strip() == "- Do a.\n- Do b."
     with pytest.raises(ValueError, match="num_sentences is 3 but the tutorial lists 2 steps"):
         paper.events_case({"key": "0", "sentence": text, "num_sentences": 3}, tok, 3)
+    for n in (1, 9, 10):  # one digit answers 1 to 9 steps
+        steps = "".join(f"- Do {chr(97 + k)}.\n" for k in range(n))
+        item = {"key": "0", "sentence": f"Tutorial:\n\n{steps}\nHow many steps? ", "num_sentences": n}
+        if n == 10:
+            with pytest.raises(ValueError, match="^10 steps cannot be answered with a single digit$"):
+                paper.events_case(item, tok, 3)
+            continue
+        case = paper.events_case(item, tok, 3)
+        covered = tok.decode([tok.encode(item["sentence"])[i] for i in case.info["span"]])
+        assert covered.strip() == steps.strip() and case.info["n"] == n  # from the first step to the end of the last
 
 
 def test_builtin_datasets_have_the_official_shape():
