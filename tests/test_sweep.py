@@ -86,10 +86,18 @@ def test_auto_batch_size_follows_rows_and_memory(model, monkeypatch):
     assert auto_batch_size(model, 25, 20, 30) == 9  # 10 fit: three batches of 9, 9, 7, not 10, 10, 5
     assert auto_batch_size(model, 3, 20, 30) == 3
     assert auto_batch_size(model, 5, 500, 510) == 1  # a point longer than the row budget still runs
+    assert auto_batch_size(model, 1000, 1, 30) == 200  # one new token a point: 200 rows
     monkeypatch.setattr(sweep, "CPU_BATCH_TOKENS", 10**9)
     one_point = auto_batch_size(model, 10**6, 20, 30)
     monkeypatch.setattr(sweep, "free_memory", lambda: 4 * 1024 * 1024)  # a quarter: 1 MiB for the batch
     squeezed = auto_batch_size(model, 10**6, 20, 30)
+    sizes = {}
+    for free in (64 << 20, 128 << 20, 64 << 30, 128 << 30):
+        monkeypatch.setattr(sweep, "free_memory", lambda free=free: free)
+        sizes[free] = auto_batch_size(model, 10**7, 20, 30)
+    assert sizes[128 << 20] == pytest.approx(2 * sizes[64 << 20], rel=0.01)  # a share of what is free
+    assert sizes[64 << 30] == sizes[128 << 30]  # but at most 1 GiB on the CPU, however much is free:
+    assert sizes[64 << 30] == pytest.approx(64 * sizes[64 << 20], rel=0.01)  # 64 x a quarter of 64 MiB
     assert 1 <= squeezed < one_point
     cache = KVCache()  # what a point's keys, values and logits really take: part of the estimate, so they fit
     logits = model(torch.zeros(1, 30, dtype=torch.long), cache=cache, last_only=True)
@@ -103,7 +111,7 @@ def test_free_memory_is_what_linux_says_is_available(monkeypatch):
     import sweep
 
     meminfo = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    7000000 kB\n"
-    monkeypatch.setattr(sweep, "open", lambda path: io.StringIO(meminfo), raising=False)
+    monkeypatch.setattr(sweep, "open", lambda path: io.StringIO(meminfo if path == "/proc/meminfo" else ""), raising=False)
     assert sweep.free_memory() == 7000000 * 1024  # available (free plus reclaimable), not free
 
     def unreadable(path):
