@@ -128,6 +128,9 @@ def test_answers_match_exact_stripped_text():
     assert probs[0].tolist() == pytest.approx([0.3, 0.3, 0.4])
     # "no" and "no|No" overlap: the rest is 1 - p(4, 4, no, No, no) = 0.3, each token counted once
     assert other.item() == pytest.approx(0.3)
+    two = torch.log(torch.tensor([[0.1, 0.2, 0.05, 0.05, 0.1, 0.2, 0.1, 0.1, 0.1], [0.6, 0, 0, 0, 0, 0, 0, 0.1, 0.3]]))
+    probs, other = ex.answer_probs(two, tok, ["4", "no"])  # each row on its own
+    assert probs.flatten().tolist() == pytest.approx([0.3, 0.3, 0.6, 0.1]) and other.tolist() == pytest.approx([0.4, 0.3])
     with pytest.raises(ValueError, match="no token of this vocabulary decodes to 'maybe'"):
         ex.answer_probs(logits, tok, ["maybe"])
 
@@ -195,11 +198,10 @@ def test_slerp_turns_each_row_at_a_constant_angular_speed():
 
 
 def test_slerp_of_rows_that_share_a_direction_is_finite_and_opposite_rows_are_refused():
-    a = torch.tensor([[1.0, 2.0, 3.0]])
-    nudged = a * 2 + torch.tensor([[1e-7, 0, 0]])  # a dot product that rounds above 1
-    out = ex.interpolate(a, nudged, [0.0, 0.3, 1.0], "slerp")
+    a = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))  # its unit vector's dot with itself rounds to 1 + 2.4e-7
+    out = ex.interpolate(a, 3 * a, [0.0, 0.3, 1.0], "slerp")
     assert torch.isfinite(out).all()
-    assert_close(out[1], 1.3 * a, 1e-5)
+    assert_close(out[1], 1.6 * a, 1e-5)
     with pytest.raises(ValueError, match="opposite directions .* use linear"):
         ex.interpolate(a, -2 * a, [0.5], "slerp")
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'; choose linear or slerp"):
@@ -270,9 +272,13 @@ def test_word_swap_anywhere_in_the_prompt(tiny, template):
 
 
 def test_word_swap_refuses_a_word_that_is_the_other_plus_more(tiny):
-    tok = WordTokenizer(["Are", "apples", "pie", "red?"])
-    with pytest.raises(ValueError, match="'apples' and 'apples pie' differ only by tokens that 'apples' lacks in 'Are {} red\\?'"):
+    tok = WordTokenizer(["Are", "apples", "pie", "red?", "x", "y"])
+    with pytest.raises(ValueError, match="^'apples' and 'apples pie' differ only by tokens that 'apples' lacks in 'Are {} red\\?'"):
         ex.word_swap(tiny, tok, "Are {} red?", "apples", "apples pie")  # one side would be empty
+    with pytest.raises(ValueError, match="^'apples pie' and 'apples' differ only by tokens that 'apples' lacks"):
+        ex.word_swap(tiny, tok, "Are {} red?", "apples pie", "apples")
+    with pytest.raises(ValueError, match="^'x' and 'y x' differ only by tokens that 'x' lacks in '{} x'"):
+        ex.word_swap(tiny, tok, "{} x", "x", "y x")  # the shared ending reaches the start of the shorter prompt
 
 
 def test_word_swap_of_multi_token_words(tiny, trained_bpe_json):
@@ -280,7 +286,7 @@ def test_word_swap_of_multi_token_words(tiny, trained_bpe_json):
     tok = _within(Tokenizer.from_file(trained_bpe_json), VOCAB)
     swap = ex.word_swap(tiny, tok, "Is {} red?", "it", "Xylophonistically")
     assert len(swap.seg_a) == len(swap.seg_b) > 1 and swap.durations[len(swap.left) : -len(swap.right)].sum() == pytest.approx(1)
-    with pytest.raises(ValueError, match="give the same tokens"):
+    with pytest.raises(ValueError, match="^'it' and 'it' give the same tokens in 'Is {} red\\?': nothing to interpolate between$"):
         ex.word_swap(tiny, tok, "Is {} red?", "it", "it")
 
 
@@ -333,7 +339,7 @@ def test_plot_draws_each_answer_and_the_rest_dashed(monkeypatch, tmp_path):
     for i, answer in enumerate(curves.answers):
         assert list(lines[answer].get_xdata()) == curves.x and list(lines[answer].get_ydata()) == curves.probs[:, i].tolist()
         assert lines[answer].get_linestyle() == "-"
-    assert list(lines["other"].get_ydata()) == curves.other.tolist()
+    assert list(lines["other"].get_xdata()) == curves.x and list(lines["other"].get_ydata()) == curves.other.tolist()
     assert lines["other"].get_linestyle() == "--" and lines["other"].get_color() == "k"
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("c", "probability", "the title")
     assert ax.get_ylim() == (-0.02, 1.02)  # 0 and 1 in view, whatever the curves
@@ -355,6 +361,7 @@ def test_json_holds_the_curves_and_their_meta(tmp_path):
     assert data == {"xlabel": "c", "x": curves.x, "answers": ["a0", "a1"], "probs": curves.probs.tolist(),
                     "other": curves.other.tolist(), "top": ["a0", "a1", "a1"], "span": [3, 4], "prompt": "p"}  # fmt: skip
     path = ex.save_json(data, tmp_path / "new" / "folder" / "x.json")
+    assert ex.save_json(data, tmp_path / "new" / "folder" / "x.json") == path  # again, into the folder it made
     assert path == tmp_path / "new" / "folder" / "x.json" and json.loads(path.read_text()) == data
     assert path.read_text().startswith('{\n "xlabel"')  # indented, one key a line
 
@@ -362,6 +369,7 @@ def test_json_holds_the_curves_and_their_meta(tmp_path):
 def test_table_samples_about_the_rows_asked_and_always_the_last_point():
     curves = small_curves(2, 25)
     lines = ex.table(curves, rows=10).splitlines()
+    assert lines[:2] == ["       c    a0    a1 other  top", "   0.000 0.310 0.020 0.670  a0"]  # columns 5 wide at least
     assert lines[0].split() == ["c", "a0", "a1", "other", "top"]
     picks = [0, 3, 6, 9, 12, 15, 18, 21, 24]  # every ceil(25 / 10) = 3rd point, the last one included
     assert [float(line.split()[0]) for line in lines[1:]] == [round(curves.x[i], 3) for i in picks]
