@@ -54,6 +54,11 @@ def test_the_prompt_is_a_text_of_bounded_length(explorer, prompt):
     refused(lambda: explorer.parse(body(prompt=prompt)), "prompt must be a text of 1 to 4000 characters")
 
 
+def test_a_prompt_of_the_most_characters_is_read(explorer):
+    with pytest.raises(BadRequest, match="^the prompt has [0-9]+ tokens; the explorer takes at most 512$"):
+        explorer.parse(body(prompt="apple " * 666 + "pear"))  # 4000 characters: past that check, not this one
+
+
 def test_the_prompt_s_tokens_are_bounded():
     explore._check_length([0] * 512)
     refused(lambda: explore._check_length([0] * 513), "the prompt has 513 tokens; the explorer takes at most 512")
@@ -121,6 +126,8 @@ def test_interpolation_bounds(explorer):
         refused(lambda: parse(alpha=alpha), f"alpha must be a number in [0, 1], not {alpha!r}")
     refused(lambda: explorer.parse(body(prompt="🍎 apple", interpolation=interpolation(start=1, end=4))),
             "start = 1 falls inside a character (UTF-16 offsets must be at character boundaries)")  # fmt: skip
+    refused(lambda: explorer.parse(body(prompt="apple 🍎", interpolation=interpolation(start=0, end=7))),
+            "end = 7 falls inside a character (UTF-16 offsets must be at character boundaries)")  # fmt: skip
 
 
 def test_utf16_units_count_two_only_past_the_basic_plane():
@@ -141,8 +148,15 @@ def test_a_duration_sweep_sets_the_selected_tokens_and_places_the_rest(explorer)
     assert torch.equal(inputs["durations"], expected)  # only the selected tokens, each point its value
     assert torch.equal(inputs["positions"], expected.cumsum(1) - 1)  # later tokens move
     assert inputs["tokens"].tolist() == request.ids
-    _, _, kept = explorer.sweep_plan(body(selected=[1], low=0.2, high=1.6, points=3, keep_positions=True))
-    assert torch.equal(kept["positions"], torch.arange(T, dtype=torch.float32).expand(3, T))  # or stay where they were
+    _, _, kept = explorer.sweep_plan(body(selected=[1], low=0.2, high=1.6, points=4, keep_positions=True))
+    assert torch.equal(kept["positions"], torch.arange(T, dtype=torch.float32).expand(4, T))  # or stay where they were
+
+
+def test_proposed_answers_are_distinct_short_texts_that_can_be_typed_back():
+    """The page shows them comma-separated in a field where | joins alternatives."""
+    texts = [" 2", "2", " a|b", "x,y", "", "  ", "x" * 33, "y" * 32, " 3"]
+    assert explore._proposals(texts) == ["2", "y" * 32, "3"]
+    assert explore._proposals(["", " a|b"]) == [""]  # nothing usable: the top token as it is
 
 
 def test_an_interpolation_sweep_runs_alpha_from_0_to_1(explorer):
