@@ -150,6 +150,7 @@ def test_a_duration_sweep_sets_the_selected_tokens_and_places_the_rest(explorer)
     assert inputs["tokens"].tolist() == request.ids
     _, _, kept = explorer.sweep_plan(body(selected=[1], low=0.2, high=1.6, points=4, keep_positions=True))
     assert torch.equal(kept["positions"], torch.arange(T, dtype=torch.float32).expand(4, T))  # or stay where they were
+    assert kept["positions"].dtype == inputs["positions"].dtype == torch.float32
 
 
 def test_proposed_answers_are_distinct_short_texts_that_can_be_typed_back():
