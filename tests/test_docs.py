@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ROOT
@@ -63,15 +64,25 @@ def invoked_scripts(command: str) -> list[tuple[str, list[str]]]:
     return found
 
 
-HELP: dict[str, str] = {}
+HELP: dict[str, subprocess.CompletedProcess] = {}
 
 
 def help_text(script: str) -> str:
+    """script --help, run for every script the pages name at the first call, two at a time (each
+    starts Python and imports torch: seconds)."""
+    if not HELP:
+        scripts = sorted({s for page in PAGES for c in shell_commands(page) for s, _ in invoked_scripts(c) if (ROOT / s).is_file()})
+        with ThreadPoolExecutor(2) as pool:
+            HELP.update(zip(scripts, pool.map(run_help, scripts)))
     if script not in HELP:
-        run = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert run.returncode == 0, f"{script} --help failed: {run.stderr[-2000:]}"
-        HELP[script] = run.stdout
-    return HELP[script]
+        HELP[script] = run_help(script)
+    run = HELP[script]
+    assert run.returncode == 0, f"{script} --help failed: {run.stderr[-2000:]}"
+    return run.stdout
+
+
+def run_help(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 @pytest.mark.parametrize("page", pages_with("bash"))
