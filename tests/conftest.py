@@ -82,7 +82,9 @@ def pytest_sessionfinish(session):
         for test, difference, tolerance in MEASURED:
             worst[test, tolerance] = max(worst.get((test, tolerance), 0.0), difference)
         rows = [{"test": t, "tolerance": tol, "measured": d} for (t, tol), d in sorted(worst.items())]
-        Path(os.environ["CONTGPT_TOLERANCES"]).write_text(json.dumps(rows, indent=1))
+        path = Path(os.environ["CONTGPT_TOLERANCES"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1))
 
 
 def randomize(model, seed: int = 0) -> None:

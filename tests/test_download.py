@@ -303,6 +303,16 @@ def test_a_stalled_transfer_is_given_up_after_the_timeout(index, monkeypatch):
     assert time.monotonic() - start < 1.5 and not leftovers()
 
 
+def test_verifying_again_hashes_the_file_as_it_is(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"contents")
+    download.record_verified(path, sha(b"contents"))
+    assert download.verify_again(path, sha(b"contents"))  # right: still right, and recorded again
+    assert download.is_recorded(path, sha(b"contents"), None)
+    path.write_bytes(b"CONTENTS")  # changed: hashed again, it is wrong
+    assert not download.verify_again(path, sha(b"contents"))
+
+
 def test_the_index_is_where_the_environment_says(monkeypatch):
     monkeypatch.delenv("CONTGPT_INDEX_URL", raising=False)
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)

@@ -202,7 +202,7 @@ def test_slerp_of_rows_that_share_a_direction_is_finite_and_opposite_rows_are_re
     out = ex.interpolate(a, 3 * a, [0.0, 0.3, 1.0], "slerp")
     assert torch.isfinite(out).all()
     assert_close(out[1], 1.6 * a, 1e-5)
-    with pytest.raises(ValueError, match="opposite directions .* use linear"):
+    with pytest.raises(ValueError, match="^slerp is undefined between opposite directions .* use linear$"):
         ex.interpolate(a, -2 * a, [0.5], "slerp")
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'; choose linear or slerp"):
         ex.interpolate(a, a, [0.5], "cubic")
@@ -244,6 +244,9 @@ def test_word_swap_endpoints_are_the_two_prompts(tiny):
     embeds = swap.embeds([0.0, 1.0])
     for k, word in enumerate(["apples", "tomatoes"]):
         assert torch.equal(embeds[k], tiny.embed(torch.tensor(tok.encode(template.format(word)))))
+    middle = swap.embeds([0.3], "slerp")[0, len(swap.left)]  # the method reaches the word's rows
+    assert torch.equal(middle, ex.interpolate(swap.seg_a, swap.seg_b, [0.3], "slerp")[0, 0])
+    assert not torch.allclose(middle, ex.interpolate(swap.seg_a, swap.seg_b, [0.3])[0, 0])
 
 
 def _within(tok, vocab):
