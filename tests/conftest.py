@@ -72,7 +72,7 @@ def assert_close(ours, reference, tolerance: float, case: str = "") -> float:
     difference = (ours.double() - reference.double()).abs().max().item() if ours.numel() else 0.0
     test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
     MEASURED.append((f"{test} {case}".strip(), difference, tolerance))
-    assert difference <= tolerance, f"{case}: largest difference {difference:.3g} > tolerance {tolerance:.3g}"
+    assert difference <= tolerance, f"{case + ': ' if case else ''}largest difference {difference:.3g} > tolerance {tolerance:.3g}"
     return difference
 
 
