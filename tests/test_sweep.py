@@ -91,6 +91,11 @@ def test_auto_batch_size_follows_rows_and_memory(model, monkeypatch):
     one_point = auto_batch_size(model, 10**6, 20, 30)
     monkeypatch.setattr(sweep, "free_memory", lambda: 4 * 1024 * 1024)  # a quarter: 1 MiB for the batch
     squeezed = auto_batch_size(model, 10**6, 20, 30)
+    assert 1 <= squeezed < one_point
+    cache = KVCache()  # what a point's keys, values and logits really take: part of the estimate, so they fit
+    logits = model(torch.zeros(1, 30, dtype=torch.long), cache=cache, last_only=True)
+    kv_bytes = sum(t.numel() * t.element_size() for t in (*cache.keys.values(), *cache.values.values()))
+    assert squeezed * (kv_bytes + logits.numel() * logits.element_size()) <= 1024 * 1024
     sizes = {}
     for free in (64 << 20, 128 << 20, 64 << 30, 128 << 30):
         monkeypatch.setattr(sweep, "free_memory", lambda free=free: free)
@@ -98,11 +103,6 @@ def test_auto_batch_size_follows_rows_and_memory(model, monkeypatch):
     assert sizes[128 << 20] == pytest.approx(2 * sizes[64 << 20], rel=0.01)  # a share of what is free
     assert sizes[64 << 30] == sizes[128 << 30]  # but at most 1 GiB on the CPU, however much is free:
     assert sizes[64 << 30] == pytest.approx(64 * sizes[64 << 20], rel=0.01)  # 64 x a quarter of 64 MiB
-    assert 1 <= squeezed < one_point
-    cache = KVCache()  # what a point's keys, values and logits really take: part of the estimate, so they fit
-    logits = model(torch.zeros(1, 30, dtype=torch.long), cache=cache, last_only=True)
-    kv_bytes = sum(t.numel() * t.element_size() for t in (*cache.keys.values(), *cache.values.values()))
-    assert squeezed * (kv_bytes + logits.numel() * logits.element_size()) <= 1024 * 1024
 
 
 def test_free_memory_is_what_linux_says_is_available(monkeypatch):
