@@ -317,15 +317,16 @@ def test_batched_sweep_equals_points_one_by_one(tiny):
 
 
 def small_curves(n_answers=2, n_points=3, **meta):
-    """n_points points with n_answers tracked answers "a0", "a1", ...: answer i's probability is
-    (i + 1) / 100 plus the point's x / 2, and the last answer leads from x = 0.5 on."""
+    """n_points points over x in [0, 1] with n_answers tracked answers "a0", "a1", ...: each starts
+    at (i + 1) / 100, the first rising by 0.3 - x / 4 and the last by x / 2, so that the first leads
+    at x = 0 and the last from x = 0.5 on."""
     x = torch.linspace(0, 1, n_points)
     probs = torch.stack([(i + 1) / 100 + x / 2 * (i == n_answers - 1) + (0.3 - x / 4) * (i == 0) for i in range(n_answers)], 1)
     return ex.Curves(x.tolist(), "c", [f"a{i}" for i in range(n_answers)], probs, 1 - probs.sum(1), dict(meta))
 
 
 def drawn(monkeypatch, curves, tmp_path, **options):
-    """The axes ex.plot drew, kept from closing, and the file it wrote."""
+    """The axes ex.plot drew (caught on their way to save_figure), after checking it wrote a PNG."""
     figures = []
     save = ex.save_figure
     monkeypatch.setattr(ex, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
