@@ -7,23 +7,35 @@
 "auto" never assumes: on a CPU bf16 is fast only with native instructions (avx512_bf16, AMX;
 bf16 on Arm), and without them a bf16 matmul runs hundreds of times slower than float32. So
 "auto" reads the CPU's flags and then measures a few milliseconds of matmuls in both dtypes;
-bfloat16 is chosen only when it is measured faster. On CUDA it asks the device. int8 weights
-take bf16 activations where bf16 is native, and elsewhere whichever activation dtype torch's
-int8 kernel measures faster.
+bfloat16 is chosen only when it is measured faster. The two dtypes give different numbers, so
+the decision is made once per machine and torch version and kept in the cache
+(precision.json): a busy moment cannot flip it between runs. `python precision.py` shows it,
+`python precision.py --remeasure` measures again. CONTGPT_CPU_BF16=1 (or 0) skips the probe
+and takes the CPU as one with (or without) fast bf16, as the tests' bf16 lane does. On CUDA it
+asks the device. int8 weights take bf16 activations where bf16 is native, and elsewhere
+whichever activation dtype torch's int8 kernel measures faster.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import functools
+import json
+import math
+import os
+import platform
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 DTYPES = ("auto", "float32", "bfloat16", "int8")
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; "bf16" is Arm's feature name
 MIN_BF16_SPEEDUP = 1.2  # bf16 must clearly beat float32: a measured tie is noise, and bf16 costs accuracy
+FORCE_ENV = "CONTGPT_CPU_BF16"  # "1": take this CPU as one with fast bf16, "0": as one without
 
 
 @dataclass(frozen=True)
@@ -92,15 +104,92 @@ def fast_bf16(device: torch.device) -> tuple[bool, str]:
 
 @functools.cache
 def cpu_bf16() -> tuple[bool, str]:
+    """(whether this CPU multiplies bf16 natively and fast, why): from CONTGPT_CPU_BF16 where it
+    is set, else from the flags, else from the decision kept for this machine, else measured."""
+    forced = os.environ.get(FORCE_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{FORCE_ENV} must be 1 (fast bf16) or 0 (no fast bf16), not {forced!r}; unset it to detect")
+        return forced == "1", f"{FORCE_ENV}={forced} in the environment"
     flags = cpu_flags()
     native = sorted(flags & BF16_FLAGS) if flags is not None else []
     if flags is not None and not native:
         return False, "this CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
-    speedup = measured_bf16_speedup()
+    kept = kept_decision()
+    if kept is None:
+        kept = measure_and_keep()
+    fast, speedup, day = kept["fast"], kept["speedup"], kept["measured"]
     have = f"{', '.join(native)}; " if native else ""
-    if speedup >= MIN_BF16_SPEEDUP:
-        return True, f"this CPU multiplies bf16 natively ({have}measured {speedup:.1f}x float32)"
-    return False, f"bf16 matmul measured {speedup:.1f}x float32 on this CPU ({have}below {MIN_BF16_SPEEDUP}x)"
+    if fast:
+        return True, f"this CPU multiplies bf16 natively ({have}measured {speedup:.1f}x float32 on {day})"
+    return False, f"bf16 matmul measured {speedup:.1f}x float32 on this CPU on {day} ({have}below {MIN_BF16_SPEEDUP}x)"
+
+
+def machine_key() -> str:
+    """What the bf16 decision depends on: the CPU's model and flags, and torch's version."""
+    flags = cpu_flags() or set()
+    return f"{cpu_model()} | {' '.join(sorted(flags & BF16_FLAGS))} | torch {torch.__version__}"
+
+
+def decisions_file() -> Path:
+    from download import cache_dir
+
+    return cache_dir() / "precision.json"
+
+
+def kept_decisions() -> dict:
+    """Every kept decision, by machine_key(); {} where there is none yet or the file is unreadable."""
+    try:
+        kept = json.loads(decisions_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def kept_decision() -> dict | None:
+    """This machine's kept decision {"fast", "speedup", "measured"}, or None."""
+    return kept_decisions().get(machine_key())
+
+
+def measure_and_keep() -> dict:
+    """Measure bf16 against float32, decide, and keep the decision for the next runs."""
+    speedup = measured_bf16_speedup()
+    decision = {"fast": speedup >= MIN_BF16_SPEEDUP, "speedup": round(speedup, 2), "measured": datetime.date.today().isoformat()}
+    keep(kept_decisions() | {machine_key(): decision})
+    return decision
+
+
+def keep(decisions: dict) -> None:
+    from download import write_atomic
+
+    path = decisions_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: f.write(json.dumps(decisions, indent=1).encode()))
+    except OSError as e:  # a read-only cache: decide for this run, measure again next time
+        warnings.warn(f"could not keep the bf16 decision in {path} ({e}); it is measured again on each run", stacklevel=3)
+
+
+def remeasure() -> tuple[bool, str]:
+    """Forget this machine's kept decision, then decide again (measuring, where the flags allow bf16)."""
+    kept = kept_decisions()
+    if kept.pop(machine_key(), None) is not None:
+        keep(kept)
+    cpu_bf16.cache_clear()
+    return cpu_bf16()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "CPU part"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str] | None:
@@ -128,15 +217,16 @@ def fastest(op, repeats: int) -> float:
     return min(times)
 
 
-def measured_bf16_speedup(n: int = 256, repeats: int = 10) -> float:
-    """float32 time / bfloat16 time of an n x n x n matmul, best of `repeats` each (a few ms)."""
+def measured_bf16_speedup(n: int = 256, rounds: int = 5, repeats: int = 4) -> float:
+    """float32 time / bfloat16 time of an n x n x n matmul (a few ms): the fastest run of each,
+    measured in alternating rounds, so that a moment when the machine is busy slows both."""
     g = torch.Generator().manual_seed(0)  # the user's random state is none of a probe's business
-
-    def best(dtype):
-        a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
-        return fastest(lambda: a @ b, repeats)
-
-    return best(torch.float32) / best(torch.bfloat16)
+    operands = {dtype: [torch.randn(n, n, generator=g).to(dtype) for _ in range(2)] for dtype in (torch.float32, torch.bfloat16)}
+    best = {dtype: math.inf for dtype in operands}
+    for _ in range(rounds):
+        for dtype, (a, b) in operands.items():
+            best[dtype] = min(best[dtype], fastest(functools.partial(torch.matmul, a, b), repeats))
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def int8_activations(device: torch.device, fast: bool, why: str) -> tuple[torch.dtype, str]:
@@ -175,3 +265,16 @@ def int8_kernel_problem(device: torch.device, activations: torch.dtype) -> str |
     except (RuntimeError, NotImplementedError) as e:
         return f"torch {torch.__version__} has no int8 weight kernel for {device.type} ({str(e).splitlines()[0][:120]})"
     return None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="What dtype='auto' picks on this machine, and why.")
+    parser.add_argument("--remeasure", action="store_true", help="measure bf16 against float32 again and keep the result")
+    args = parser.parse_args(argv)
+    fast, why = remeasure() if args.remeasure else cpu_bf16()
+    print(f"auto on the CPU: {'bfloat16' if fast else 'float32'} ({why})")
+    print(f"kept in {decisions_file()} for {machine_key()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -59,6 +59,32 @@ TINY = {
 SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
 
 
+# The bf16 lane: a dtype-sensitive quick test takes the `dtype` fixture and runs in float32 (the
+# exact path) and in bfloat16 (what "auto" picks on a CPU with bf16 instructions; emulated and
+# slow on one without, which tiny models can afford), whatever CPU runs the suite. Test ids name
+# the dtype: test_x[qwen2-bfloat16].
+DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.bfloat16, id="bfloat16")]
+
+
+@pytest.fixture(scope="session", params=DTYPES)
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+def for_dtype(dtype: torch.dtype, float32: float, reference) -> float:
+    """The tolerance of a comparison of two ways to compute the same thing in the model's dtype:
+    float32's (measured, quoted where it is given), or in bfloat16 two rounding steps of
+    bfloat16 at the scale of the reference values. bf16 keeps 8 significant bits, so a sum
+    blocked otherwise (another batch or matmul shape) can flip the last bit of a rounded
+    activation: one step, 2**-7 of the value's power of two, and the layers after it carry that
+    on. Measured on the tiny models (2026-12-04): every such comparison exactly 0, on an
+    avx512_bf16 CPU and with the same CPU held to AVX2 kernels (emulated bf16; docs/tests.md)."""
+    if dtype == torch.float32:
+        return float32
+    scale = torch.as_tensor(reference).detach().abs().max().item()
+    return 2 * torch.finfo(torch.bfloat16).eps * 2 ** math.floor(math.log2(max(scale, 1e-30)))
+
+
 MEASURED: list[tuple[str, float, float]] = []  # (test, largest difference, tolerance) of each assert_close
 
 
@@ -273,9 +299,9 @@ def llama_cpp_vocab_dir() -> Path:
 # ----------------------------------------------------------------------------- the explorer in a real browser
 
 
-def tiny_explorer_model(tokenizer, scale: float):
-    """A tiny random Qwen2-style model over the tokenizer's vocabulary, weights N(0, scale^2),
-    with the precision load() would set: what the explorer's quick tests serve."""
+def tiny_explorer_model(tokenizer, scale: float, dtype: torch.dtype = torch.float32):
+    """A tiny random Qwen2-style model over the tokenizer's vocabulary, weights N(0, scale^2)
+    rounded to dtype, with the precision load() would set: what the explorer's quick tests serve."""
     from contgpt import Config, Transformer
     from precision import resolve
 
@@ -285,8 +311,8 @@ def tiny_explorer_model(tokenizer, scale: float):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=g))
-    model.precision = resolve("float32", torch.device("cpu"))
-    return model.eval()
+    model.precision = resolve(dtype, torch.device("cpu"))
+    return model.to(dtype).eval()
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

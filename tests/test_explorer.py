@@ -25,19 +25,31 @@ APPLES = explore.APPLES
 DIGITS = ex.DIGITS
 
 
-@pytest.fixture(scope="module")
-def served():
-    """(model, tokenizer, base URL): the default model behind a server on a free port of 127.0.0.1."""
+def serving(dtype: str):
+    """(model, tokenizer, base URL): the default model in dtype behind a server on a free port of 127.0.0.1."""
     from load import fetch_model, load
 
     os.environ["CONTGPT_CACHE"] = str(CACHE)
     fetch_or_skip(lambda: fetch_model("qwen2.5-0.5b"))
-    model, tokenizer = load("qwen2.5-0.5b")
+    model, tokenizer = load("qwen2.5-0.5b", dtype=dtype)
     server = explore.serve(explore.Explorer(model, tokenizer, "qwen2.5-0.5b"), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield model, tokenizer, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    """In float32: the API's numbers against the library's (their bfloat16 counterparts run on a
+    tiny model in test_explorer_numbers.py, on every CPU)."""
+    yield from serving("float32")
+
+
+@pytest.fixture(scope="module")
+def served_auto():
+    """In the dtype a user gets (bfloat16 on a CPU with bf16 instructions): the page in a browser."""
+    yield from serving("auto")
 
 
 def call(url, path, body=None, raw=None, headers=None):
@@ -99,8 +111,8 @@ def test_a_shrunk_selection_is_the_library_call(served, keep):
     status, data = call(url, "/api/predict", body)
     _, expected = library(model, tokenizer, DIGITS, tokens=torch.tensor(ids), positions=positions, durations=durations)
     assert status == 200 and data["positions"] == pytest.approx(positions.tolist())
-    # the page's forward takes the tokens before the apples from its prefix cache (other matmul
-    # shapes, other rounding): 1.4e-6 from the full forward, measured
+    # float32: the page's forward takes the tokens before the apples from its prefix cache (other
+    # matmul shapes, other rounding): 1.4e-6 from the full forward, measured
     assert [data["answers"][d] for d in DIGITS] == pytest.approx(expected.tolist(), abs=1e-5)
     assert data["top_answer"] == DIGITS[int(expected.argmax())]
     assert "positions = torch.tensor(" in data["code"] and "durations = torch.tensor(" in data["code"]
@@ -282,12 +294,12 @@ def test_the_command_binds_to_loopback_and_warns_for_another_host(tmp_path):
 # ----------------------------------------------------------------------------- a real browser
 
 
-def test_one_click_shows_the_paper_s_effect(served, browser, tmp_path):
+def test_one_click_shows_the_paper_s_effect(served_auto, browser, tmp_path):
     """The intro's button: the apples at 0.5 give 2 (the library's answer too), with their sweep;
     then the slider's latency, move to redrawn chart, over a few moves."""
     from selenium.webdriver.common.by import By
 
-    model, tokenizer, url = served
+    model, tokenizer, url = served_auto
     open_page(browser, url)
     browser.find_element(By.ID, "demo").click()
     wait(browser, "return window.explorer.stats.sweeps === 1 && window.explorer.stats.settled", timeout=180)
@@ -309,10 +321,10 @@ def test_one_click_shows_the_paper_s_effect(served, browser, tmp_path):
           f"40-point sweep {sweep_ms:.0f} ms, {model.precision}")  # fmt: skip
 
 
-def test_the_page_interpolates_a_word(served, browser, tmp_path):
+def test_the_page_interpolates_a_word(served_auto, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    model, tokenizer, url = served
+    model, tokenizer, url = served_auto
     open_page(browser, url)
     prompt, answers = "Question: Are apples red? (yes/no)\nAnswer:", ["yes|Yes", "no|No"]
     browser.execute_script("const p = document.getElementById('prompt'); p.value = arguments[0]; p.dispatchEvent(new Event('input'))", prompt)

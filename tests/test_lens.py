@@ -4,7 +4,7 @@ patching none gives B), and hooks that never outlive a call."""
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, random_timeline
+from conftest import VOCAB, assert_close, for_dtype, random_timeline
 
 from lens import logit_lens, patch, residuals
 from load import load
@@ -13,8 +13,8 @@ T = 10
 
 
 @pytest.fixture(scope="module", params=["qwen2", "gemma2"])  # plain, and soft-capped logits with sandwich norms
-def model(request, tiny_dir):
-    return load(tiny_dir(request.param), dtype="float32")[0]
+def model(request, tiny_dir, dtype):
+    return load(tiny_dir(request.param), dtype=dtype)[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,11 @@ def test_the_logit_lens_at_the_last_layer_is_the_model_s_answer(model, runs):
     a, _ = runs
     lens = logit_lens(model, **a)
     assert lens.shape == (model.config.n_layers, 2, VOCAB) and lens.dtype == torch.float32
-    assert_close(lens[-1], model(**a)[:, -1], 1e-5)
+    answer = model(**a)[:, -1]
+    assert_close(lens[-1], answer, for_dtype(model.dtype, 1e-5, answer))
     assert (lens[0] - lens[-1]).abs().max() > 0.1  # earlier layers answer otherwise
-    assert_close(logit_lens(model, position=3, **a)[-1], model(**a)[:, 3], 1e-5)
+    answer = model(**a)[:, 3]
+    assert_close(logit_lens(model, position=3, **a)[-1], answer, for_dtype(model.dtype, 1e-5, answer))
 
 
 def test_patching_every_layer_from_a_into_b_gives_a(model, runs):

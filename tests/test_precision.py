@@ -1,6 +1,7 @@
 """Precision: "auto" decided from the hardware (detection forced both ways), explicit dtypes
 honoured, int8 weights close to float32, memory maps kept, and bf16 on the real default model."""
 
+import json
 import math
 import sys
 import warnings
@@ -15,12 +16,23 @@ from load import load
 
 
 @pytest.fixture
-def detection(monkeypatch):
+def own_cache(monkeypatch, tmp_path):
+    """A cache of the test's own (no kept decision yet), and no CONTGPT_CPU_BF16."""
+    monkeypatch.setenv("CONTGPT_CACHE", str(tmp_path))
+    monkeypatch.delenv(precision.FORCE_ENV, raising=False)
+    precision.cpu_bf16.cache_clear()
+    yield tmp_path
+    precision.cpu_bf16.cache_clear()
+
+
+@pytest.fixture
+def detection(monkeypatch, own_cache):
     """Force what the CPU reports: detection(flags, measured bf16 speed-up over float32)."""
 
     def force(flags, speedup, int8_speedup=1.0):
         """int8_speedup: what the int8 kernel measures with bf16 activations over float32."""
         precision.cpu_bf16.cache_clear()
+        (own_cache / "precision.json").unlink(missing_ok=True)  # each forced CPU measures afresh
         monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
         monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: speedup)
         monkeypatch.setattr(precision, "measured_int8_bf16_speedup", lambda: int8_speedup)
@@ -58,7 +70,66 @@ def test_auto_measures_when_the_cpu_has_no_flag_list(detection):
     assert precision.resolve("auto", CPU).compute == torch.float32
 
 
-def test_the_real_probe_agrees_with_the_real_flags(monkeypatch):
+def test_the_decision_is_kept_per_machine_and_measured_again_on_request(detection, monkeypatch, own_cache):
+    """One measurement per machine and torch version: a later run (a fresh process: cache_clear)
+    that would measure 1.0 at a busy moment keeps bfloat16; --remeasure replaces it."""
+    detection({"avx512_bf16"}, 2.1)
+    assert precision.resolve("auto", CPU).compute == torch.bfloat16
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: 1.0)
+    precision.cpu_bf16.cache_clear()
+    chosen = precision.resolve("auto", CPU)
+    assert chosen.compute == torch.bfloat16 and "2.1x" in chosen.reason
+    kept = json.loads((own_cache / "precision.json").read_text())
+    assert list(kept) == [precision.machine_key()] and kept[precision.machine_key()]["fast"] is True
+    fast, why = precision.remeasure()
+    assert not fast and "1.0x" in why and precision.resolve("auto", CPU).compute == torch.float32
+    monkeypatch.setattr(precision, "machine_key", lambda: "another CPU | avx512_bf16 | torch 9")
+    precision.cpu_bf16.cache_clear()
+    assert not precision.cpu_bf16()[0] and len(json.loads((own_cache / "precision.json").read_text())) == 2
+
+
+def test_an_unreadable_decisions_file_is_measured_again(detection, own_cache):
+    (own_cache / "precision.json").write_text("not json")
+    detection({"avx512_bf16"}, 2.5)
+    (own_cache / "precision.json").write_text("[1, 2]")
+    assert precision.cpu_bf16()[0]
+    assert json.loads((own_cache / "precision.json").read_text())[precision.machine_key()]["speedup"] == 2.5
+
+
+@pytest.mark.parametrize("value, dtype", [("1", torch.bfloat16), ("0", torch.float32)])
+def test_the_environment_can_say_what_auto_is(detection, monkeypatch, value, dtype):
+    """CONTGPT_CPU_BF16 decides without a probe, against the flags: how the tests make "auto"
+    resolve as it would on a CPU of the other kind (docs/tests.md)."""
+    detection({"avx2"} if value == "1" else {"avx512_bf16"}, 3.0 if value == "0" else 0.01, int8_speedup=0.5)
+    monkeypatch.setattr(precision, "measured_bf16_speedup", lambda: pytest.fail("the probe ran"))
+    monkeypatch.setenv(precision.FORCE_ENV, value)
+    chosen = precision.resolve("auto", CPU)
+    assert chosen.compute == dtype and f"CONTGPT_CPU_BF16={value}" in chosen.reason
+    if value == "1":
+        assert precision.resolve("int8", CPU).compute == torch.bfloat16
+    precision.cpu_bf16.cache_clear()
+    monkeypatch.setenv(precision.FORCE_ENV, "yes")
+    with pytest.raises(ValueError, match="CONTGPT_CPU_BF16 must be 1 .* or 0 .*, not 'yes'"):
+        precision.resolve("auto", CPU)
+
+
+def test_auto_under_the_switch_loads_and_runs_a_bfloat16_model(tiny_dir, monkeypatch, own_cache):
+    """What a bf16 CPU's user gets from load(dtype="auto"), on any CPU."""
+    monkeypatch.setenv(precision.FORCE_ENV, "1")
+    model = load(tiny_dir("qwen2"), dtype="auto")[0]
+    assert model.dtype == torch.bfloat16 and "CONTGPT_CPU_BF16=1" in model.precision.reason
+    logits = model(torch.tensor([1, 2, 3]), durations=torch.tensor([1.0, 0.5, 2.0]))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_the_command_says_what_auto_picks(own_cache, monkeypatch, capsys):
+    monkeypatch.setenv(precision.FORCE_ENV, "1")
+    precision.main([])
+    out = capsys.readouterr().out
+    assert out.startswith("auto on the CPU: bfloat16 (CONTGPT_CPU_BF16=1 in the environment)") and str(own_cache) in out
+
+
+def test_the_real_probe_agrees_with_the_real_flags(monkeypatch, own_cache):
     """On this machine, whatever it is: without bf16 flags nothing is measured and the answer is
     float32; with them, the probe measures once, its reason names the flags and the figure, the
     decision follows the figure, and a second measurement here agrees with the decision."""
@@ -204,9 +275,10 @@ def test_int8_tied_model_shares_one_int8_table(tiny_dir, monkeypatch):
     assert head.weight.data_ptr() == table.weight.data_ptr() and table.weight.dtype == torch.int8
 
 
-def test_int8_embeds_still_interpolate(tiny_dir, monkeypatch):
+@pytest.mark.parametrize("activations", ["float32", "bfloat16"])
+def test_int8_embeds_still_interpolate(tiny_dir, monkeypatch, activations):
     """model.embed gives rows in the activation dtype, and embeds= of them equals tokens=."""
-    model = int8_model(tiny_dir("llama_tied"), monkeypatch)
+    model = int8_model(tiny_dir("llama_tied"), monkeypatch, activations)
     tokens = torch.tensor([[3, 1, 4, 1, 5]])
     assert torch.equal(model(embeds=model.embed(tokens)), model(tokens))
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, random_timeline
+from conftest import VOCAB, assert_close, for_dtype, random_timeline
 
 import experiments as ex
 from contgpt import KVCache
@@ -13,16 +13,20 @@ from sweep import auto_batch_size, last_logits, shared_prefix_length
 
 # float32 logits of the three tiny models, a sweep's batched, cached, prefix-shared forward against
 # plain ones (2026-12-02): 7.2e-7 to 4.1e-6 (largest: step-by-step decoding, qwen2; per test and
-# family in docs/tests.md). Tolerance about 10x the largest.
+# family in docs/tests.md). Tolerance about 10x the largest. In bfloat16: conftest.for_dtype.
 TOL = 4e-5
 
 
 @pytest.fixture(scope="module", params=["qwen2", pytest.param("mistral", marks=pytest.mark.slow),
                                         pytest.param("gemma2", marks=pytest.mark.slow)])
-def model(request, tiny_dir):
-    """Plain, sliding-window (every layer; window 4) and mixed soft-capped models; the quick
-    tier takes the plain one (the contract's fuzz covers the others there)."""
-    return load(tiny_dir(request.param), dtype="float32")[0]
+def model(request, tiny_dir, dtype):
+    """Plain, sliding-window (every layer; window 4) and mixed soft-capped models, in float32 and
+    bfloat16; the quick tier takes the plain one (the contract's fuzz covers the others there)."""
+    return load(tiny_dir(request.param), dtype=dtype)[0]
+
+
+def tol(model, reference) -> float:
+    return for_dtype(model.dtype, TOL, reference)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +46,14 @@ def test_shrink_sweep_with_shared_prefix(model, tokens):
     assert shared_prefix_length({"positions": positions, "durations": durations}) == 5
     shared, alone = both_ways(model, tokens=tokens, positions=positions, durations=durations)
     assert shared.shape == (9, VOCAB)
-    assert_close(shared, alone, TOL)
+    assert_close(shared, alone, tol(model, alone))
 
 
 def test_shift_sweep_differs_at_token_zero(model, tokens):
     positions, durations = ex.shift(12, torch.linspace(0.0, 5.0, 7))
     assert shared_prefix_length({"positions": positions, "durations": durations}) == 0
     shared, alone = both_ways(model, tokens=tokens, positions=positions, durations=durations)
-    assert_close(shared, alone, TOL)
+    assert_close(shared, alone, tol(model, alone))
 
 
 def test_interpolation_sweep_with_shared_prefix(model, tokens):
@@ -61,20 +65,21 @@ def test_interpolation_sweep_with_shared_prefix(model, tokens):
     durations[8] = 0.7
     assert shared_prefix_length({"embeds": embeds}) == 8
     shared, alone = both_ways(model, embeds=embeds, durations=durations)
-    assert_close(shared, alone, TOL)
+    assert_close(shared, alone, tol(model, alone))
 
 
 def test_identical_points_still_run_their_last_token(model, tokens):
     logits = last_logits(model, tokens, durations=torch.ones(3, 12))
-    assert torch.allclose(logits, model(tokens)[0, -1].expand(3, -1), atol=TOL)
+    plain = model(tokens)[0, -1].expand(3, -1)
+    assert_close(logits, plain, tol(model, plain))
 
 
 def test_per_point_tokens(model):
     batch = torch.randint(0, VOCAB, (5, 10), generator=torch.Generator().manual_seed(1))
     batch[:, :6] = batch[0, :6]  # a shared prefix, then different tokens
     shared, alone = both_ways(model, tokens=batch)
-    assert_close(shared, alone, TOL)
-    assert_close(alone, model(batch)[:, -1], TOL)
+    assert_close(shared, alone, tol(model, alone))
+    assert_close(alone, model(batch)[:, -1], tol(model, alone))
 
 
 def test_auto_batch_size_follows_rows_and_memory(model, monkeypatch):
@@ -161,7 +166,7 @@ def test_step_by_step_decoding_equals_full_forward(model):
     all_positions = torch.cat((positions[0], positions[0, -1] + torch.arange(1, 6)))
     all_durations = torch.cat((durations[0], torch.ones(5)))
     full = model(torch.cat((prefix, new[:-1])), positions=all_positions, durations=all_durations)[0, 8:]
-    assert_close(torch.stack(steps), full, TOL)
+    assert_close(torch.stack(steps), full, tol(model, full))
     assert len(cache) == 14
 
 
@@ -174,7 +179,7 @@ def test_cache_defaults_continue_the_timeline(model, tokens):
     whole_pos = torch.cat((positions[0, :8], positions[0, 7] + torch.arange(1, 5)))
     whole_dur = torch.cat((durations[0, :8], torch.ones(4)))
     full = model(tokens, positions=whole_pos, durations=whole_dur)[:, 8:]
-    assert_close(stepped, full, TOL)
+    assert_close(stepped, full, tol(model, full))
 
 
 def test_a_one_example_cache_continues_a_batch(model, tokens):
@@ -187,7 +192,7 @@ def test_a_one_example_cache_continues_a_batch(model, tokens):
     both = model(tokens[8:], positions=positions[:, 8:], durations=durations[:, 8:], cache=cache)
     full = model(tokens, positions=positions, durations=durations)[:, 8:]
     assert cache.batch_size == 2 and len(cache) == 12
-    assert_close(both, full, TOL)
+    assert_close(both, full, tol(model, full))
 
 
 def test_a_failed_forward_leaves_the_cache_as_it_was(model, tokens):
@@ -205,7 +210,8 @@ def test_a_failed_forward_leaves_the_cache_as_it_was(model, tokens):
         model(tokens[6:9], cache=cache)
     hook.remove()
     assert len(cache) == 6 and all(torch.equal(cache.keys[i], k) for i, k in keys.items())
-    assert_close(model(tokens[6:], cache=cache), model(tokens)[:, 6:], TOL)
+    full = model(tokens)[:, 6:]
+    assert_close(model(tokens[6:], cache=cache), full, tol(model, full))
 
 
 def test_cache_misuse_is_an_error(model, tokens):

@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 
@@ -99,6 +100,15 @@ def test_a_stored_notebook_is_a_whole_run_and_small(path):
     images = [len(base64.b64decode(o.data["image/png"])) for c in code for o in c.outputs if "data" in o and "image/png" in o.data]
     assert all(size < 60_000 for size in images), images
     assert path.stat().st_size < 200_000
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_pins_float32(path):
+    """Its stored outputs and the numbers its text quotes are float32's, so they hold on every
+    CPU: with dtype "auto" a CPU with bf16 instructions would run it in bfloat16."""
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    loads = re.findall(r"\bload\([^)]*\)", code)
+    assert loads and all('dtype="float32"' in call for call in loads), loads
 
 
 # ----------------------------------------------------------------------------- running them
