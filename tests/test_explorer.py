@@ -97,9 +97,11 @@ def test_unit_durations_are_the_ordinary_model(served):
     status, data = call(url, "/api/predict", {"prompt": APPLES, "answers": DIGITS, "layer": 3})
     logits, expected = library(model, tokenizer, DIGITS, tokens=torch.tensor(tokenizer.encode(APPLES)))
     assert status == 200
-    assert [data["answers"][d] for d in DIGITS] == pytest.approx(expected.tolist(), abs=1e-6)
+    # float32, the page's prefix cache against one plain forward, as in the shrunk selection below:
+    # 1.25e-6 measured on an avx512_bf16 CPU (below 1e-6 on AVX2 CPUs, where 1e-6 was set)
+    assert [data["answers"][d] for d in DIGITS] == pytest.approx(expected.tolist(), abs=1e-5)
     top = logits[0].softmax(-1).topk(10)
-    assert [p for _, p in data["top"]] == pytest.approx(top.values.tolist(), abs=1e-6)
+    assert [p for _, p in data["top"]] == pytest.approx(top.values.tolist(), abs=1e-5)
     assert data["top"][0][0] == tokenizer.decode([int(top.indices[0])])
 
 
