@@ -32,9 +32,47 @@ def test_there_are_six_notebooks_in_order():
 
 # ----------------------------------------------------------------------------- the checkers
 
+def tiny_model():
+    """A small random Qwen2-style model: the checkers that run a model take it in the tests."""
+    from contgpt import Config, Transformer
+
+    cfg = Config(family="qwen2", vocab_size=50, dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8)
+    model = Transformer(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def caught(module, call):
+    """What module's forward returned during call()."""
+    seen = []
+    hook = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    with torch.no_grad():
+        call()
+    hook.remove()
+    return seen[0]
+
+
+tiny = tiny_model()
+ids = torch.randint(0, 50, (9,), generator=torch.Generator().manual_seed(1))
+shrunk = torch.ones(9)
+shrunk[2:5] = 0.5
+contiguous = shrunk.cumsum(0) - 1
+attn0, arange9 = tiny.model.layers[0].self_attn, torch.arange(9.0)
+layer0 = {name: caught(attn0, lambda: tiny(ids, positions=pos, durations=dur))[0]
+          for name, pos, dur in (("right", contiguous, shrunk), ("unit", arange9, torch.ones(9)), ("kept", arange9, shrunk))}  # fmt: skip
+run_shrunk, run_unit = dict(tokens=ids, positions=contiguous, durations=shrunk), dict(tokens=ids)
+
+
+def mass(run, layer, heads=slice(None)):
+    weights = caught(tiny.model.layers[layer].self_attn.probs, lambda: tiny(**run))  # (1, Hkv, rep, T, S)
+    return float(weights[0, :, :, -1].reshape(4, -1)[heads].mean(0)[2:5].sum())  # the last query, mean over heads
+
+
 w = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
 d2 = torch.tensor([1.0, 1, 1, 2, 1, 1])
-reference = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
 theta = 1e6
 probs = torch.tensor([[0.0, 0.5, 0.25, 0.1, 0.15, 0, 0, 0, 0, 0], [0.0, 0.1, 0.2, 0.25, 0.24, 0.21, 0, 0, 0, 0]])
 xs, ys = [0, 0.1, 0.5, 1.0], [1.0, 0.8, 0.5, 0.0]
@@ -44,7 +82,8 @@ step = 0.5
 CASES = [  # (checker, its inputs, the right answer, wrong answers a student could plausibly give)
     (checks.reweighted, (w, d2), w * d2 / (w * d2).sum(), [w, w * d2]),
     (checks.duration_for_weight, (0.2, 0.5), 4.0, [2.5, 0.25]),
-    (checks.same_tensor, (reference,), reference + 1e-6, [reference + 1e-2, reference.T]),
+    (checks.layer0_attention, (tiny, ids, contiguous, shrunk), layer0["right"] + 1e-6,
+     [layer0["unit"], layer0["kept"], layer0["right"].T]),  # the ordinary run; the positions not shifted
     (checks.rotation_angle, (2.5, 5, 64, theta), 2.5 * theta ** (-10 / 64), [2.5 * theta ** (-5 / 64), theta ** (-10 / 64)]),
     (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
     (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
@@ -54,7 +93,8 @@ CASES = [  # (checker, its inputs, the right answer, wrong answers a student cou
      [(torch.tensor([1.0, 1.5, 2.0, 2.5]), torch.full((4,), step)), (torch.tensor([1.5, 2.0, 2.5, 3.0]), torch.full((4,), 2.0))]),
     (checks.completeness, (probs, 4, 0.25), 0.75, [0.25, 1.0, 0.6]),  # 2 and 3 peak exactly at tau (>=, not >); 4 just below
     (checks.trapezoid_area, (xs, ys), 0.05 * 1.8 + 0.2 * 1.3 + 0.25 * 0.5, [float(np.mean(ys))]),
-    (checks.attention_mass, (w, [2, 3]), 0.2, [0.1, 0.3]),
+    (checks.attention_mass, (tiny, run_shrunk, 1, range(2, 5)), mass(run_shrunk, 1),
+     [mass(run_shrunk, 0), mass(run_unit, 1), mass(run_shrunk, 1, slice(0, 1))]),  # another layer, the unit run, head 0 only
     (checks.first_layer_on_top, (lensed, 2), 1, [2, 0, None]),
     (checks.merge_bias, (3,), math.log(3), [3, math.log(4)]),
     (checks.merged_durations, (5, 2, 3), torch.tensor([1.0, 1, 3, 1, 1]), [torch.tensor([1.0, 1, 1 / 3, 1, 1]), torch.ones(5)]),

@@ -62,12 +62,27 @@ def duration_for_weight(answer, weight: float, target: float) -> None:
            "Solve d w / (d w + 1 - w) = target for d: the other keys keep their total 1 - w.")  # fmt: skip
 
 
-def same_tensor(answer, reference, tol: float = 1e-4) -> None:
-    """Your tensor against the model's own (float32: equal to about 1e-4)."""
+def _hooked(module, call):
+    """(what call() returns, what module's forward returned during it), through a forward hook."""
+    seen = []
+    hook = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            result = call()
+    finally:
+        hook.remove()
+    return result, seen[0]
+
+
+def layer0_attention(answer, model, tokens, positions, durations) -> None:
+    """Layer 0's attention output (T, dim) for this timeline, against the model's own, which the
+    checker catches itself (float32: equal to about 1e-4)."""
     if _open(answer):
         return
-    ok = _close(answer, reference, tol)
-    _right(ok, "Compare shapes first; then check that log(d) is added to the scores before the softmax, on every key the query sees.")
+    _, out = _hooked(model.model.layers[0].self_attn, lambda: model(tokens, positions=positions, durations=durations))
+    _right(_close(answer, out[0], 1e-4),
+           "Compare shapes first; give attention_by_hand the same positions and durations as the model "
+           "(log d is added to every visible key's score, before the softmax).")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- 2: positions are real numbers
@@ -141,12 +156,16 @@ def trapezoid_area(answer, xs, ys) -> None:
 # ----------------------------------------------------------------------------- 5: looking inside
 
 
-def attention_mass(answer, weights, span) -> None:
-    """The share of one query's attention that lands on the tokens of `span`."""
+def attention_mass(answer, model, inputs: dict, layer: int, span) -> None:
+    """The share of the last query's attention, averaged over heads, that lands on the tokens of
+    `span` in `layer`, for the run with these inputs: computed here through the model's own hook."""
     if _open(answer):
         return
-    truth = float(torch.as_tensor(weights, dtype=torch.float64)[list(span)].sum())
-    _right(_close(answer, truth, 1e-6), "Sum the weights of the span's keys (the query's weights over all keys sum to 1).")
+    _, weights = _hooked(model.model.layers[layer].self_attn.probs, lambda: model(**inputs))
+    truth = float(weights[0, :, :, -1].double().mean((0, 1))[list(span)].sum())
+    _right(_close(answer, truth, 1e-5),
+           "Hook self_attn.probs of that layer (B, Hkv, rep, T, S), take the last query, average over every "
+           "head, and sum the weights on the span's keys.")  # fmt: skip
 
 
 def first_layer_on_top(answer, lens_probs, digit: int) -> None:
