@@ -153,12 +153,12 @@ class Explorer:
         if not request.answers:
             raise BadRequest("a sweep tracks answers: type them (comma-separated) before sweeping")
         points = _number(body, "points", 2, MAX_POINTS, integer=True)
+        if points * len(request.ids) > MAX_SWEEP_WORK:  # before any input is built, interpolations included
+            raise BadRequest(f"a sweep of {points} points over {len(request.ids)} tokens is more than the explorer runs at once "
+                             f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt")  # fmt: skip
         if request.interpolation:
             xs = torch.linspace(0.0, 1.0, points)
             return request, xs, self.inputs(request, xs.tolist())[0]
-        if points * len(request.ids) > MAX_SWEEP_WORK:
-            raise BadRequest(f"a sweep of {points} points over {len(request.ids)} tokens is more than the explorer runs at once "
-                             f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt")  # fmt: skip
         selected = _indices(body.get("selected"), len(request.ids))
         if not selected:
             raise BadRequest("select the tokens whose duration the sweep changes")
@@ -189,7 +189,7 @@ class Explorer:
             raise BadRequest(f"durations must be a list of {len(ids)} numbers, one per token of the prompt")
         for i, d in enumerate(durations):
             if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= MAX_DURATION:
-                raise BadRequest(f"durations[{i}] = {d!r} is not a number in [0, {MAX_DURATION:g}]")
+                raise BadRequest(f"durations[{i}] = {_shown(d)} is not a number in [0, {MAX_DURATION:g}]")
         answers = body.get("answers")
         if not isinstance(answers, list) or len(answers) > MAX_ANSWERS:
             raise BadRequest(f"answers must be a list of up to {MAX_ANSWERS} texts (alternatives joined by |)")
@@ -200,7 +200,10 @@ class Explorer:
         head = body.get("head")
         if head is not None:
             head = int(_number(body, "head", 0, cfg.n_heads - 1, integer=True))
-        return Request(prompt, ids, [float(d) for d in durations], bool(body.get("keep_positions", False)),
+        keep_positions = body.get("keep_positions", False)
+        if not isinstance(keep_positions, bool):
+            raise BadRequest(f"keep_positions must be true or false, not {keep_positions!r}")
+        return Request(prompt, ids, [float(d) for d in durations], keep_positions,
                        [a.strip() for a in answers], layer, head, self.parse_interpolation(body, prompt))  # fmt: skip
 
     def parse_interpolation(self, body: dict, prompt: str) -> dict | None:
@@ -331,13 +334,18 @@ class Explorer:
         with self.counter:
             self.tickets += 1
             ticket = self.latest[client] = self.tickets
-        with self.lock:
-            if self.latest.get(client) != ticket:
-                return None
-            if gone():
-                raise ClientGone
-            with torch.no_grad():
-                return compute()
+        try:
+            with self.lock:
+                if self.latest.get(client) != ticket:
+                    return None
+                if gone():
+                    raise ClientGone
+                with torch.no_grad():
+                    return compute()
+        finally:
+            with self.counter:  # a client's entry lives while its newest request does: the map stays bounded
+                if self.latest.get(client) == ticket:
+                    del self.latest[client]
 
 
 def place(durations: torch.Tensor, keep_positions: bool) -> dict:
@@ -392,9 +400,15 @@ def _check_length(ids: list[int]) -> None:
 def _number(body: dict, key: str, low: float, high: float, integer: bool = False):
     value = body.get(key)
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not low <= value <= high:
-        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'} in [{low:g}, {high:g}], not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high or not math.isfinite(value):
+        raise BadRequest(f"{key} must be {'an integer' if integer else 'a number'} in [{low:g}, {high:g}], not {_shown(value)}")
     return value
+
+
+def _shown(value) -> str:
+    """A sent value as an error message quotes it: at most 40 characters (an integer may have thousands of digits)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _indices(value, n: int) -> list[int]:
@@ -417,6 +431,8 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
         timeout = READ_TIMEOUT  # on the socket: a client that stalls while sending is dropped
 
         def do_GET(self):
+            if doubled := self.doubled_header():
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": doubled})
             if refused := self.cross_origin():
                 return self.send_json(HTTPStatus.FORBIDDEN, {"error": refused})
             if self.path == "/":
@@ -426,6 +442,9 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path[:100]!r}"})
 
         def do_POST(self):
+            if doubled := self.doubled_header():
+                self.close_connection = True
+                return self.send_json(HTTPStatus.BAD_REQUEST, {"error": doubled})
             if refused := self.cross_origin():
                 return self.send_json(HTTPStatus.FORBIDDEN, {"error": refused})
             if self.headers.get_content_type() != "application/json":
@@ -461,12 +480,22 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
                 return f"requests from another origin ({origin[:100]!r}) are refused"
             return None
 
+        def doubled_header(self) -> str | None:
+            """Why the request is refused for a checked header sent twice (a check must see it exactly once), or None."""
+            for name in ("Host", "Origin"):
+                if len(self.headers.get_all(name, [])) > 1:
+                    return f"the request carries the {name} header more than once"
+            return None
+
         def client_gone(self) -> bool:
             """Whether the client closed its connection (a page reloaded, a fetch cancelled):
             its end of the socket reads as closed, not as more data."""
-            try:
-                readable, _, _ = select.select([self.connection], [], [], 0)
-                return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+            try:  # poll, not select: select() fails for descriptors numbered 1024 and above
+                poller = select.poll()
+                poller.register(self.connection, select.POLLIN)
+                return bool(poller.poll(0)) and not self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
             except OSError:
                 return True
 

@@ -193,3 +193,42 @@ def test_the_sweep_work_cap_is_points_times_tokens(explorer, monkeypatch):
     refused(lambda: explorer.sweep_plan(body(selected=[0], low=0.1, high=1.0, points=11)),
             f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
             "use fewer points or a shorter prompt")  # fmt: skip
+
+
+def test_an_interpolation_sweep_is_capped_before_its_embeddings_are_built(explorer, monkeypatch):
+    T = n_tokens(explorer)
+    monkeypatch.setattr(explore, "MAX_SWEEP_WORK", 10 * T)
+    assert len(explorer.sweep_plan(body(interpolation=interpolation(), points=10))[1]) == 10  # exactly the cap
+    monkeypatch.setattr(explorer, "inputs", lambda *args: pytest.fail("inputs built for a sweep past the cap"))
+    refused(lambda: explorer.sweep_plan(body(interpolation=interpolation(), points=11)),
+            f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
+            "use fewer points or a shorter prompt")  # fmt: skip
+
+
+HUGE = 10**400  # json.loads reads it as an int; math.isfinite would raise OverflowError on it
+
+
+@pytest.mark.parametrize("field", ["layer", "head", "points", "low", "high"])
+def test_an_integer_of_any_size_is_a_clear_400(explorer, field):
+    sweep = {"selected": [0], "low": 0.1, "high": 1.0, "points": 5}
+    kind = "an integer" if field in ("layer", "head", "points") else "a number"
+    with pytest.raises(BadRequest, match=f"^{field} must be {kind} in .*, not an integer of 401 digits$"):
+        explorer.sweep_plan(body(**{**sweep, field: HUGE}))
+    for name in ("start", "end", "alpha"):
+        with pytest.raises(BadRequest, match=f"^{name} must be .*, not an integer of 401 digits$"):
+            explorer.parse(body(interpolation={**interpolation(), name: HUGE}))
+    with pytest.raises(BadRequest, match=r"^durations\[0\] = an integer of 401 digits is not a number"):
+        explorer.parse(body(durations=[HUGE] + [1.0] * (n_tokens(explorer) - 1)))
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, None, "true"])
+def test_keep_positions_is_a_json_boolean(explorer, value):
+    refused(lambda: explorer.parse(body(keep_positions=value)), f"keep_positions must be true or false, not {value!r}")
+
+
+def test_per_client_state_ends_with_its_newest_request(explorer):
+    for k in range(300):
+        assert explorer.run(f"page-{k}", lambda: k) == k
+    with pytest.raises(ZeroDivisionError):
+        explorer.run("failing", lambda: 1 / 0)
+    assert explorer.latest == {}

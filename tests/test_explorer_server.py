@@ -164,3 +164,47 @@ def test_no_answers_are_proposed_for_a_prediction_and_refused_for_a_sweep(server
     assert status == 200 and answer["proposed"] and list(answer["answers"]) == explore._proposals([t for t, _ in answer["top"]])
     status, answer = post(port, "/api/sweep", {**PREDICT, "answers": [], "points": 3, "selected": [0], "low": 0.5, "high": 1.0})
     assert status == 400 and "a sweep tracks answers" in answer["error"]
+
+
+def raw_request(port, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """(status, JSON answer) of a request written by hand (headers a client library would not repeat)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2].decode().splitlines()[-1])
+
+
+@pytest.mark.parametrize("doubled", ["Host: evil.example", "Origin: http://evil.example"])
+def test_a_checked_header_sent_twice_is_refused(server, doubled):
+    """The right value first, another second: a check that reads one of them must not pass it."""
+    explorer, port = server
+    before = explorer.predictions
+    body = json.dumps(PREDICT).encode()
+    head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n{doubled}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")  # fmt: skip
+    status, answer = raw_request(port, head, body)
+    name = doubled.split(":")[0]
+    assert status == 400 and answer["error"] == f"the request carries the {name} header more than once"
+    assert explorer.predictions == before
+    own = f"Host: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+    status, answer = raw_request(port, f"GET /api/info HTTP/1.1\r\n{own}{doubled}\r\n")
+    assert status == 400 and name in answer["error"]
+
+
+def test_descriptors_past_1024_do_not_matter(server):
+    """With over 1,024 files open in the process, the server's next connection gets a descriptor
+    past select()'s limit; a prediction (which asks whether its client left) is still answered."""
+    import os
+
+    explorer, port = server
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert min(held) < 1024 < max(held)
+        status, answer = post(port, "/api/predict", PREDICT)
+        assert status == 200, answer
+    finally:
+        for fd in held:
+            os.close(fd)
