@@ -29,7 +29,9 @@ READ_TIMEOUT seconds to send its request.
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
+import hashlib
 import json
 import math
 import select
@@ -37,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -425,6 +428,7 @@ def _indices(value, n: int) -> list[int]:
 
 def handler_for(explorer: Explorer, open_to_network: bool = False):
     slots = threading.BoundedSemaphore(MAX_REQUESTS)
+    policy = content_policy(PAGE.read_text(encoding="utf-8"))
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "contgpt-explorer"
@@ -440,6 +444,15 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             if self.path == "/api/info":
                 return self.send_json(HTTPStatus.OK, explorer.info())
             self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path[:100]!r}"})
+
+        def do_OPTIONS(self):  # no CORS preflight is answered: a page elsewhere gets nothing to go on
+            self.close_connection = True
+            self.send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "the explorer answers GET and POST from its own page only"})
+
+        def send_error(self, code, message=None, explain=None):
+            """The standard library's own refusals (431 headers too large, 501 unknown method, 414...) as JSON, like every answer."""
+            self.close_connection = True
+            self.send_json(code, {"error": message or HTTPStatus(code).phrase})
 
         def do_POST(self):
             if doubled := self.doubled_header():
@@ -512,6 +525,11 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
                 return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
             except ValueError as e:  # the library's own checks (a token that sees no key, a word with no token...)
                 return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except (ClientGone, BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as e:  # a bug: the page says what went wrong, the console has the traceback
+                traceback.print_exc()
+                return self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": unexpected(e)})
             self.send_json(HTTPStatus.OK, {"superseded": True} if result is None else result)
 
         def read_body(self) -> dict:
@@ -555,6 +573,11 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
                 result = explorer.run(client, lambda: explorer.sweep(plan, progress), self.client_gone)
             except ValueError as e:
                 return write({"error": str(e)})
+            except (ClientGone, BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as e:  # mid-stream: the status is sent already, so the error is the last line
+                traceback.print_exc()
+                return write({"error": unexpected(e)})
             write({"superseded": True} if result is None else {**result, "seconds": time.perf_counter() - started})
 
         def send_json(self, status, data):
@@ -566,6 +589,9 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Frame-Options", "DENY")
+                self.send_header("Content-Security-Policy", policy)
+                self.send_header("X-Content-Type-Options", "nosniff")
                 self.end_headers()
                 self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -579,6 +605,21 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
 
 def _refuse_constant(name: str):
     raise BadRequest(f"{name} is not a number the explorer takes")
+
+
+def content_policy(page: str) -> str:
+    """The page's Content-Security-Policy: no page may frame it (clickjacking), and the only
+    script that runs is its own inline one, named by its hash; it talks to this server only."""
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return (f"default-src 'self'; script-src 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            f"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+def unexpected(error: Exception) -> str:
+    """What a client is told of an unexpected exception: its type and message, no traceback, no local path."""
+    message = str(error).replace(str(ROOT), "<contgpt>").replace(str(Path.home()), "~")
+    return f"{type(error).__name__}: {message[:200]}"
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -235,3 +235,40 @@ def test_the_attention_chart_labels_its_tokens_and_shows_the_change(page):
     browser.execute_script("document.getElementById('zoom').click()")
     seen = browser.execute_script(chart)
     assert len(seen["filled"]) == 5 and len(seen["labels"]) == 5  # tokens 2-4 and a neighbour each side
+
+
+def test_a_page_of_another_origin_cannot_frame_the_explorer(page, monkeypatch):
+    """A page on another port of 127.0.0.1 (another origin) puts the explorer in an iframe, as a
+    clickjacking page would: Chromium refuses to show it (X-Frame-Options DENY, CSP frame-ancestors
+    'none'), so none of the explorer's script runs and nothing is asked of the model."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    explorer, _, browser, url = page
+    asked = []
+    for name in ("info", "tokenize", "predict"):
+        monkeypatch.setattr(explorer, name, lambda *args, name=name, original=getattr(explorer, name): asked.append(name) or original(*args))
+
+    class Framing(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f'<!doctype html><title>elsewhere</title><iframe id="f" src="{url}/" width="800" height="600"></iframe>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Framing)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{elsewhere.server_address[1]}/")
+        wait(browser, "return document.title === 'elsewhere' && document.readyState === 'complete'")
+        time.sleep(3)  # what a framed explorer would ask at once (/api/info, then a prediction), it would have asked by now
+    finally:
+        elsewhere.shutdown()
+        elsewhere.server_close()
+    assert asked == []
+    open_page(browser, url)  # the explorer itself, opened directly, still works
+    assert "info" in asked

@@ -3,6 +3,8 @@ leaves can do. A tiny random model with a trained tokenizer stands in for the de
 server's rules do not depend on it), so these run in the quick tier; every connection goes to
 127.0.0.1, and every loop is bounded in count and time."""
 
+import base64
+import hashlib
 import http.client
 import json
 import socket
@@ -93,7 +95,8 @@ def test_no_cors_headers_are_sent(server):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("OPTIONS", "/api/predict", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
     response = connection.getresponse()
-    assert response.status == 501 and not any(h.lower().startswith("access-control") for h in response.headers)
+    assert response.status == 405 and not any(h.lower().startswith("access-control") for h in response.headers)
+    assert response.getheader("Content-Type") == "application/json" and "GET and POST" in json.loads(response.read())["error"]
     connection.close()
 
 
@@ -208,3 +211,41 @@ def test_descriptors_past_1024_do_not_matter(server):
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_the_standard_library_s_refusals_are_json_too(server):
+    _, port = server
+    many = "".join(f"X-Filler-{k}: {k}\r\n" for k in range(120))  # more than http.server's 100 headers
+    status, answer = raw_request(port, f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{many}")
+    assert status == 431 and answer["error"] == "Too many headers"
+    status, answer = raw_request(port, f"BREW /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n")
+    assert status == 501 and "BREW" in answer["error"]
+
+
+def test_an_unexpected_exception_is_a_500_that_names_it_and_the_server_goes_on(server, monkeypatch, capfd):
+    explorer, port = server
+
+    def broken(body):
+        raise KeyError(f"no such thing in {explore.ROOT}")
+
+    monkeypatch.setattr(explorer, "tokenize", broken)
+    status, answer = post(port, "/api/tokenize", {"prompt": "apple"})
+    assert status == 500 and answer == {"error": "KeyError: 'no such thing in <contgpt>'"}
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "KeyError" in err  # the console has the whole story
+    assert post(port, "/api/predict", PREDICT)[0] == 200
+
+
+def test_the_page_forbids_framing_and_runs_only_its_own_script(server):
+    _, port = server
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    page = response.read().decode()
+    connection.close()
+    policy = response.getheader("Content-Security-Policy")
+    assert response.status == 200 and response.getheader("X-Frame-Options") == "DENY"
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy and page.count("<script") == 1
