@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from download import write_atomic
 from sweep import last_logits
 
 # ----------------------------------------------------------------------------- spans
@@ -301,10 +302,16 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> Path:
+    """The figure drawn in memory, then written under a temporary name and renamed: a reader (or
+    a kill) never finds half a picture at path."""
+    import io
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip(".") or "png")
     pyplot().close(fig)
+    write_atomic(path, lambda out: out.write(image.getvalue()))
     return path
 
 
@@ -323,8 +330,10 @@ def plot(curves: Curves, path: Path, title: str, show: list[str] | None = None) 
 
 
 def save_json(data: dict, path: Path) -> Path:
+    """data as JSON at path, written under a temporary name and renamed (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
+    text = json.dumps(data, indent=1)
+    write_atomic(path, lambda out: out.write(text.encode()))
     return path
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from download import write_atomic
+
 RENDEZVOUS_SECONDS = float(os.environ.get("CONTGPT_RDZV_TIMEOUT", "300"))  # waiting for the other ranks
 WORK_TIMEOUT = timedelta(hours=24)  # a barrier may wait for the slowest rank's last item
 
@@ -173,12 +175,8 @@ class Records:
         records = self.read()
         position = {key: i for i, key in enumerate(order)}
         records.sort(key=lambda r: (position.get(r["key"], len(order)), r["key"]))
-        tmp = self.own.with_name(self.own.name + ".merging")
-        with open(tmp, "w") as out:
-            out.writelines(json.dumps(r) + "\n" for r in records)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.own)
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        write_atomic(self.own, lambda out: out.write(text.encode()))
         for path in self.files()[1:]:
             path.unlink()
         return records

@@ -26,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 import paper  # noqa: E402
 import parallel  # noqa: E402
 from demos.cli import add_model_options, load_for_demo  # noqa: E402
-from experiments import answer_probs, pyplot, save_figure  # noqa: E402
+from experiments import answer_probs, pyplot, save_figure, save_json  # noqa: E402
 from precision import resolve  # noqa: E402
 from sweep import last_logits  # noqa: E402
 
@@ -92,7 +92,7 @@ def run_in(world, args, started: float) -> dict | None:
     summary = {"task": args.task, "model": str(args.model), "dtype": precision.name, "dataset": dataset, "samples": args.samples,
                "ranks": world.size, "seconds": time.perf_counter() - started,
                **paper.summarize(args.task, [r for r in merged if r["key"] in keys])}  # fmt: skip
-    (args.out / f"{name}.summary.json").write_text(json.dumps(summary, indent=1))
+    save_json(summary, args.out / f"{name}.summary.json")
     plot(args.task, [r for r in merged if r["key"] in keys], summary, args.out / f"{name}.png")
     say(summary_line(summary))
     for key, error in summary["errors"].items():
