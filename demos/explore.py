@@ -23,7 +23,8 @@ whose duration is not 1 are kept between requests (KV cache): a move recomputes 
 No other web page can make it compute: a request must name this server in its Host header (so
 a DNS-rebound name is refused), must not come from another Origin, and posts JSON, which a
 page elsewhere cannot send without a CORS preflight this server never answers. A client has
-READ_TIMEOUT seconds to send its request.
+READ_TIMEOUT seconds to send its whole request (line, headers and body together, however it
+trickles in), and at most MAX_CONNECTIONS connections are open at once (more: a 503 at once).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import argparse
 import base64
 import bisect
 import hashlib
+import io
 import json
 import math
 import select
@@ -65,7 +67,8 @@ MAX_POINTS = 200  # of a sweep
 MAX_ANSWERS, MAX_ANSWER_CHARS, MAX_WORD_CHARS = 20, 32, 64
 MAX_SWEEP_WORK = 20_000  # points x tokens of one sweep: at most a few minutes on two CPU cores
 MAX_REQUESTS = 32  # computed or waiting at once; more are answered 503 at once
-READ_TIMEOUT = 10.0  # seconds a client has to send its request line, headers and body
+READ_TIMEOUT = 10.0  # seconds a client has to send its request line, headers and body, all together
+MAX_CONNECTIONS = 100  # open at once (each holds a thread); more are answered 503 at once and closed
 TOP = 10
 
 
@@ -426,13 +429,43 @@ def _indices(value, n: int) -> list[int]:
 # ----------------------------------------------------------------------------- HTTP
 
 
+class DeadlineReader(io.RawIOBase):
+    """A socket's reading side that gives up at a deadline, however the bytes trickle in: each
+    receive may wait only for what is left of the time (a timeout per read would let a client
+    that sends a byte a second hold its connection for ever)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.deadline = sock, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 def handler_for(explorer: Explorer, open_to_network: bool = False):
     slots = threading.BoundedSemaphore(MAX_REQUESTS)
     policy = content_policy(PAGE.read_text(encoding="utf-8"))
+    read_timeout = READ_TIMEOUT
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "contgpt-explorer"
-        timeout = READ_TIMEOUT  # on the socket: a client that stalls while sending is dropped
+        timeout = read_timeout  # on the socket, for what the server sends
+
+        def setup(self):
+            super().setup()
+            self.reader = DeadlineReader(self.connection)
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self):
+            """One request: its request line, headers and body must all arrive within read_timeout."""
+            self.reader.deadline = time.monotonic() + read_timeout
+            super().handle_one_request()
 
         def do_GET(self):
             if doubled := self.doubled_header():
@@ -469,7 +502,7 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
                 return self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
             except TimeoutError:  # a slow sender holds no slot and no model time: it is just dropped
                 self.close_connection = True
-                return self.send_json(HTTPStatus.REQUEST_TIMEOUT, {"error": f"the request took over {READ_TIMEOUT:g} s to arrive"})
+                return self.send_json(HTTPStatus.REQUEST_TIMEOUT, {"error": f"the request took over {read_timeout:g} s to arrive"})
             if not slots.acquire(blocking=False):
                 return self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many requests at once; try again"})
             try:
@@ -556,6 +589,7 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             """One JSON object per line: progress, then the result (or an error). The plan was
             checked before: bad input is a 400, not a stream. A client that leaves stops the
             sweep at its next batch."""
+            self.connection.settimeout(read_timeout)
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Cache-Control", "no-store")
@@ -585,6 +619,7 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
 
         def send(self, status, body: bytes, kind: str):
             try:
+                self.connection.settimeout(read_timeout)  # what the deadline left for reading is no bound on sending
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -626,7 +661,35 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Server(ThreadingHTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS at once: past that, a new connection
+    is answered 503 at once and closed (each idle one is dropped at its request's deadline)."""
+
     daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.busy = json.dumps({"error": f"the explorer has {MAX_CONNECTIONS} connections open; try again"}).encode()
+
+    def process_request(self, request, client_address):
+        if not self.connections.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.busy), self.busy))  # fmt: skip
+            except OSError:
+                pass
+            return self.shutdown_request(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def handle_error(self, request, client_address):
         """A client that left mid-answer is no error worth a traceback; anything else is."""

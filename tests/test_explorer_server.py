@@ -249,3 +249,59 @@ def test_the_page_forbids_framing_and_runs_only_its_own_script(server):
     script = page.split("<script>", 1)[1].split("</script>", 1)[0]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}';" in policy and page.count("<script") == 1
+
+
+def test_a_dripping_client_is_dropped_at_the_request_s_deadline(server):
+    """One header byte every 0.3 s: each read is quick, the request never ends. The deadline
+    covers the whole request, so the connection is closed READ_TIMEOUT after it opened."""
+    _, port = server
+    header = f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Drip: {'a' * 40}".encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    started = time.perf_counter()
+    closed_at = None
+    for byte in header[:40]:  # at most 12 s of dripping; the server must have hung up long before
+        try:
+            s.sendall(bytes([byte]))
+            s.settimeout(0.3)
+            if s.recv(4096) == b"":
+                closed_at = time.perf_counter() - started
+                break
+        except TimeoutError:
+            continue  # still open: drip on
+        except (BrokenPipeError, ConnectionResetError):
+            closed_at = time.perf_counter() - started
+            break
+    s.close()
+    assert closed_at is not None and READ_TIMEOUT - 0.1 <= closed_at <= READ_TIMEOUT + 1.0, closed_at
+
+
+def test_open_connections_are_bounded_and_a_flood_passes(server, monkeypatch):
+    """A server of 8 connections: 8 idle ones fill it, a ninth is answered 503 at once; when the
+    idle ones reach their deadline they are dropped, a normal request is answered, and the
+    server's threads are back to their count."""
+    explorer, _ = server
+    monkeypatch.setattr(explore, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(explore, "READ_TIMEOUT", READ_TIMEOUT)
+    httpd = explore.serve(explorer, "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        assert post(port, "/api/predict", PREDICT)[0] == 200
+        time.sleep(0.2)
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        time.sleep(0.3)
+        started = time.perf_counter()
+        status, answer = raw_request(port, f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n")
+        assert status == 503 and "8 connections open" in answer["error"] and time.perf_counter() - started < 1.0
+        time.sleep(READ_TIMEOUT + 0.5)  # the idle ones' deadline
+        assert post(port, "/api/predict", PREDICT)[0] == 200
+        for s in idle:
+            s.close()
+        deadline = time.perf_counter() + 5
+        while threading.active_count() > threads and time.perf_counter() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= threads
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
