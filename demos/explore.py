@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,8 +154,11 @@ class Explorer:
             "code": self.code(request, inputs),
         }  # fmt: skip
 
-    def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, dict]:
-        """(request, swept values, model inputs of every point), all checked before anything runs."""
+    def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, Callable[[], dict]]:
+        """(request, swept values, a function that builds every point's model inputs), all
+        checked before anything runs. The inputs are built when the sweep runs, under the
+        model's lock: a request that waits holds no embeddings (an interpolation's are points x
+        tokens x dim floats)."""
         request = self.parse(body)
         if not request.answers:
             raise BadRequest("a sweep tracks answers: type them (comma-separated) before sweeping")
@@ -164,7 +168,8 @@ class Explorer:
                              f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt")  # fmt: skip
         if request.interpolation:
             xs = torch.linspace(0.0, 1.0, points)
-            return request, xs, self.inputs(request, xs.tolist())[0]
+            self.inputs(request, [0.0])  # one point now, so that a word the swap cannot align is a 400 before the stream
+            return request, xs, lambda: self.inputs(request, xs.tolist())[0]
         selected = _indices(body.get("selected"), len(request.ids))
         if not selected:
             raise BadRequest("select the tokens whose duration the sweep changes")
@@ -172,13 +177,13 @@ class Explorer:
         xs = torch.linspace(low, high, points)
         durations = torch.tensor(request.durations).repeat(points, 1)
         durations[:, selected] = xs[:, None]
-        return request, xs, {"tokens": torch.tensor(request.ids), **place(durations, request.keep_positions)}
+        return request, xs, lambda: {"tokens": torch.tensor(request.ids), **place(durations, request.keep_positions)}
 
     def sweep(self, plan, progress) -> dict:
         """The tracked answers along a sweep of the selected tokens' duration (or of the
         interpolation weight), batched by sweep.last_logits; progress(done, total) per batch."""
         request, xs, inputs = plan
-        logits = last_logits(self.model, **inputs, batch_size=self.batch_size, progress=progress)
+        logits = last_logits(self.model, **inputs(), batch_size=self.batch_size, progress=progress)
         probs, other = ex.answer_probs(logits, self.tokenizer, request.answers)
         return {"x": xs.tolist(), "curves": {a: probs[:, i].tolist() for i, a in enumerate(request.answers)}, "other": other.tolist()}
 
@@ -201,6 +206,8 @@ class Explorer:
             raise BadRequest(f"answers must be a list of up to {MAX_ANSWERS} texts (alternatives joined by |)")
         if any(not isinstance(a, str) or not a.strip() or len(a) > MAX_ANSWER_CHARS for a in answers):
             raise BadRequest(f"each answer must be a text of 1 to {MAX_ANSWER_CHARS} characters")
+        for k, answer in enumerate(answers):
+            _unicode(answer, f"answers[{k}]")
         cfg = self.model.config
         layer = int(_number(body, "layer", 0, cfg.n_layers - 1, integer=True))
         head = body.get("head")
@@ -227,6 +234,7 @@ class Explorer:
         other = spec.get("other")
         if not isinstance(other, str) or not other.strip() or len(other) > MAX_WORD_CHARS:
             raise BadRequest(f"the second word must be a text of 1 to {MAX_WORD_CHARS} characters")
+        _unicode(other, "the second word")
         method = spec.get("method", "linear")
         if method not in ("linear", "slerp"):
             raise BadRequest("method must be linear or slerp")
@@ -395,7 +403,17 @@ def _prompt(body: dict) -> str:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt or len(prompt) > MAX_PROMPT_CHARS:
         raise BadRequest(f"prompt must be a text of 1 to {MAX_PROMPT_CHARS} characters")
-    return prompt
+    return _unicode(prompt, "prompt")
+
+
+def _unicode(text: str, name: str) -> str:
+    """text, if it is Unicode every endpoint can encode: JSON can carry half of a UTF-16 pair
+    (a lone surrogate), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(f"{name} holds a lone surrogate at character {e.start} (half of a UTF-16 pair); send valid Unicode text") from None
+    return text
 
 
 def _check_length(ids: list[int]) -> None:

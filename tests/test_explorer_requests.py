@@ -141,14 +141,15 @@ def test_a_duration_sweep_sets_the_selected_tokens_and_places_the_rest(explorer)
     T = n_tokens(explorer)
     durations = [1.0] * T
     durations[-1] = 0.5
-    request, xs, inputs = explorer.sweep_plan(body(durations=durations, selected=[2, 1, 2], low=0.2, high=1.6, points=3))
+    request, xs, build = explorer.sweep_plan(body(durations=durations, selected=[2, 1, 2], low=0.2, high=1.6, points=3))
+    inputs = build()
     assert xs.tolist() == pytest.approx([0.2, 0.9, 1.6])
     expected = torch.tensor([durations] * 3)
     expected[:, [1, 2]] = xs[:, None]
     assert torch.equal(inputs["durations"], expected)  # only the selected tokens, each point its value
     assert torch.equal(inputs["positions"], expected.cumsum(1) - 1)  # later tokens move
     assert inputs["tokens"].tolist() == request.ids
-    _, _, kept = explorer.sweep_plan(body(selected=[1], low=0.2, high=1.6, points=4, keep_positions=True))
+    kept = explorer.sweep_plan(body(selected=[1], low=0.2, high=1.6, points=4, keep_positions=True))[2]()
     assert torch.equal(kept["positions"], torch.arange(T, dtype=torch.float32).expand(4, T))  # or stay where they were
     assert kept["positions"].dtype == inputs["positions"].dtype == torch.float32
 
@@ -161,7 +162,8 @@ def test_proposed_answers_are_distinct_short_texts_that_can_be_typed_back():
 
 
 def test_an_interpolation_sweep_runs_alpha_from_0_to_1(explorer):
-    request, xs, inputs = explorer.sweep_plan(body(interpolation=interpolation(), points=5))
+    request, xs, build = explorer.sweep_plan(body(interpolation=interpolation(), points=5))
+    inputs = build()
     assert xs.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert inputs["embeds"].shape[0] == 5
     first, last = explorer.inputs(request, [0.0])[0], explorer.inputs(request, [1.0])[0]
@@ -179,7 +181,7 @@ def test_sweep_bounds(explorer):
     refused(lambda: plan(high=100.5), "high must be a number in [0, 100], not 100.5")
     refused(lambda: plan(answers=[]), "a sweep tracks answers: type them (comma-separated) before sweeping")
     refused(lambda: plan(selected=[]), "select the tokens whose duration the sweep changes")
-    assert plan(selected=list(range(T)))[2]["durations"].shape == (10, T)
+    assert plan(selected=list(range(T)))[2]()["durations"].shape == (10, T)
     for wrong in (None, 1, list(range(T + 1))):
         refused(lambda: plan(selected=wrong), "selected must be a list of token indices")
     for bad in (T, -1, True, "1", 1.0):
@@ -232,3 +234,25 @@ def test_per_client_state_ends_with_its_newest_request(explorer):
     with pytest.raises(ZeroDivisionError):
         explorer.run("failing", lambda: 1 / 0)
     assert explorer.latest == {}
+
+
+def test_a_waiting_sweep_holds_no_embeddings(explorer, monkeypatch):
+    """The plan checks one point (a word the swap cannot align is a 400 at once); every point's
+    embeddings are built only when the sweep runs, under the model's lock."""
+    built = []
+    original = explorer.inputs
+    monkeypatch.setattr(explorer, "inputs", lambda request, alphas: built.append(len(alphas)) or original(request, alphas))
+    request, xs, build = explorer.sweep_plan(body(interpolation=interpolation(), points=200))
+    assert built == [1]
+    assert build()["embeds"].shape[0] == 200 and built == [1, 200]
+
+
+def test_one_rule_for_text_in_every_endpoint(explorer):
+    """Half of a UTF-16 pair, which JSON can carry: the same 400 from every endpoint that reads text."""
+    lone = "apple \ud800 apple"
+    message = "prompt holds a lone surrogate at character 6 (half of a UTF-16 pair); send valid Unicode text"
+    for endpoint in (explorer.tokenize, explorer.parse, explorer.predict, explorer.sweep_plan):
+        refused(lambda: endpoint(body(prompt=lone, selected=[0], points=2, low=0.5, high=1)), message)
+    refused(lambda: explorer.parse(body(answers=["1", "\udc00"])), message.replace("prompt", "answers[1]").replace("character 6", "character 0"))
+    refused(lambda: explorer.parse(body(interpolation=interpolation(other="pe\ud800r"))),
+            message.replace("prompt", "the second word").replace("character 6", "character 2"))  # fmt: skip
