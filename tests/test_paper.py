@@ -392,8 +392,8 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path, default_model):
             recorded = {"variation": recorded["variation"], "lipschitz_max": recorded["lipschitz_max"]}
             # the command's metrics are of its own probabilities, which the stored ones round to 6
             # decimals: within eps of the reference's, and the metrics within what eps can move them
-            eps = (torch.tensor(record["probs"]) - torch.tensor(reference)).abs().max().item() + 5e-7
-            for name, bound in interpolation_bounds(case.x, torch.tensor(reference), eps).items():
+            eps = (torch.tensor(record["probs"]) - reference).abs().max().item() + 5e-7
+            for name, bound in interpolation_bounds(case.x, reference, eps).items():
                 assert abs(recorded[name] - expected[name]) <= bound or same(recorded[name], expected[name]), (name, recorded, expected, bound)
             continue
         # areas and rates of thresholds crossed: unchanged unless a probability lies within 1e-5 of a threshold
