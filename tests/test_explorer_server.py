@@ -305,3 +305,16 @@ def test_open_connections_are_bounded_and_a_flood_passes(server, monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_client_that_half_closes_after_sending_gets_its_prediction(server):
+    _, port = server
+    body = json.dumps(PREDICT).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        s.shutdown(socket.SHUT_WR)  # nothing more to send; still reading
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 200") and b'"top"' in answer
