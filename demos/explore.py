@@ -685,6 +685,7 @@ class Server(ThreadingHTTPServer):
     is answered 503 at once and closed (each idle one is dropped at its request's deadline)."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a flood is accepted and answered 503, not left half-open
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
