@@ -147,8 +147,9 @@ def kept_decisions() -> dict:
 
 
 def kept_decision() -> dict | None:
-    """This machine's kept decision {"fast", "speedup", "measured"}, or None."""
-    return kept_decisions().get(machine_key())
+    """This machine's kept decision {"fast", "speedup", "measured"}, or None (none, or a damaged one)."""
+    kept = kept_decisions().get(machine_key())
+    return kept if isinstance(kept, dict) and {"fast", "speedup", "measured"} <= kept.keys() else None
 
 
 def measure_and_keep() -> dict:

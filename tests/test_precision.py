@@ -94,6 +94,9 @@ def test_an_unreadable_decisions_file_is_measured_again(detection, own_cache):
     (own_cache / "precision.json").write_text("[1, 2]")
     assert precision.cpu_bf16()[0]
     assert json.loads((own_cache / "precision.json").read_text())[precision.machine_key()]["speedup"] == 2.5
+    (own_cache / "precision.json").write_text(json.dumps({precision.machine_key(): {"fast": True}}))  # an entry cut short
+    precision.cpu_bf16.cache_clear()
+    assert precision.cpu_bf16()[0] and "2.5x" in precision.cpu_bf16()[1]
 
 
 @pytest.mark.parametrize("value, dtype", [("1", torch.bfloat16), ("0", torch.float32)])
