@@ -8,6 +8,7 @@ on every untracked token).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -304,8 +305,6 @@ def pyplot():
 def save_figure(fig, path: Path) -> Path:
     """The figure drawn in memory, then written under a temporary name and renamed: a reader (or
     a kill) never finds half a picture at path."""
-    import io
-
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     image = io.BytesIO()

@@ -581,7 +581,6 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             except (ClientGone, BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as e:  # a bug: the page says what went wrong, the console has the traceback
-                traceback.print_exc()
                 return self.send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": unexpected(e)})
             self.send_json(HTTPStatus.OK, {"superseded": True} if result is None else result)
 
@@ -630,7 +629,6 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             except (ClientGone, BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as e:  # mid-stream: the status is sent already, so the error is the last line
-                traceback.print_exc()
                 return write({"error": unexpected(e)})
             write({"superseded": True} if result is None else {**result, "seconds": time.perf_counter() - started})
 
@@ -672,7 +670,9 @@ def content_policy(page: str) -> str:
 
 
 def unexpected(error: Exception) -> str:
-    """What a client is told of an unexpected exception: its type and message, no traceback, no local path."""
+    """What a client is told of an unexpected exception: its type and message, no traceback, no
+    local path. Called while handling it: the traceback goes to the server's console."""
+    traceback.print_exc()
     message = str(error).replace(str(ROOT), "<contgpt>").replace(str(Path.home()), "~")
     return f"{type(error).__name__}: {message[:200]}"
 
