@@ -16,6 +16,10 @@ import pytest
 import torch
 from conftest import CACHE, ROOT, fetch_or_skip
 
+import experiments as ex
+import lens
+import paper
+
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
 sys.path.insert(0, str(TUTORIALS))
@@ -26,8 +30,8 @@ run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
 
 
-def test_there_are_six_notebooks_in_order():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_eight_notebooks_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 # ----------------------------------------------------------------------------- the checkers
@@ -61,8 +65,9 @@ shrunk = torch.ones(9)
 shrunk[2:5] = 0.5
 contiguous = shrunk.cumsum(0) - 1
 attn0, arange9 = tiny.model.layers[0].self_attn, torch.arange(9.0)
-layer0 = {name: caught(attn0, lambda: tiny(ids, positions=pos, durations=dur))[0]
-          for name, pos, dur in (("right", contiguous, shrunk), ("unit", arange9, torch.ones(9)), ("kept", arange9, shrunk))}  # fmt: skip
+layer0 = {name: caught(attn0, lambda: tiny(ids, positions=pos, durations=dur, rule=rule))[0]
+          for name, pos, dur, rule in (("right", contiguous, shrunk, "right"), ("unit", arange9, torch.ones(9), "right"),
+                                       ("kept", arange9, shrunk, "right"), ("left", contiguous, shrunk, "left"))}  # fmt: skip
 run_shrunk, run_unit = dict(tokens=ids, positions=contiguous, durations=shrunk), dict(tokens=ids)
 
 
@@ -77,27 +82,115 @@ theta = 1e6
 probs = torch.tensor([[0.0, 0.5, 0.25, 0.1, 0.15, 0, 0, 0, 0, 0], [0.0, 0.1, 0.2, 0.25, 0.24, 0.21, 0, 0, 0, 0]])
 xs, ys = [0, 0.1, 0.5, 1.0], [1.0, 0.8, 0.5, 0.0]
 lensed = torch.tensor([[0.5, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0], [0.1, 0.2, 0.6, 0, 0, 0, 0, 0, 0, 0], [0.0, 0.0, 0.9, 0, 0, 0, 0, 0, 0, 0]])
-step = 0.5
+
+
+def split_by_hand(positions, durations, m):
+    """The refinement written out independently of ex.refine: copy k of token j ends at
+    t_j - d_j + (k + 1) d_j / m."""
+    k = torch.arange(1, m + 1, dtype=torch.float32)
+    ends = positions[:, None] - durations[:, None] + k * (durations[:, None] / m)  # (T, m)
+    return torch.arange(len(positions)).repeat_interleave(m), ends.flatten(), (durations / m).repeat_interleave(m)
+
+
+def split_from_t(positions, durations, m):  # a plausible slip: the copies start at t instead of ending there
+    index, pos, dur = split_by_hand(positions, durations, m)
+    return index, pos + durations.repeat_interleave(m), dur
+
+
+def slerp_by_hand(a, b, alpha):
+    ua, ub = a / a.norm(), b / b.norm()
+    omega = torch.arccos((ua @ ub).clamp(-1, 1))
+    if omega < 1e-9:
+        return (1 - alpha) * a + alpha * b
+    direction = (torch.sin((1 - alpha) * omega) * ua + torch.sin(alpha * omega) * ub) / torch.sin(omega)
+    return ((1 - alpha) * a.norm() + alpha * b.norm()) * direction
+
+
+def lipschitz_by_hand(x, y):
+    return max(abs((y[i + 1] - y[i]) / (x[i + 1] - x[i])) for i in range(len(x) - 1)) * (x[-1] - x[0]) / (max(y) - min(y))
+
+
+def rectangle_by_hand(f, a, b, m, rule):
+    h = (b - a) / m
+    offset = {"left": 0.0, "midpoint": 0.5, "right": 1.0}[rule]
+    return sum(float(f(torch.tensor(a + (k + offset) * h, dtype=torch.float64))) * h for k in range(m))
+
+
+class WordTokenizer:
+    """Words to ids for the tiny model: enough of a tokenizer for word_swap and answer_probs."""
+
+    words = "the capital of France Germany is Paris Berlin".split()
+
+    def encode(self, text, bos=True):
+        return [self.words.index(w) for w in text.split()]
+
+    def ids_for(self, text):
+        return [self.words.index(text.strip())] if text.strip() in self.words else []
+
+
+def halfway_by_hand(model, a, b):
+    rows = model.embed(torch.tensor(WordTokenizer().encode(f"the capital of {a} is")))
+    rows[3] = 0.5 * (rows[3] + model.embed(torch.tensor(WordTokenizer.words.index(b))))
+    with torch.no_grad():
+        return float(model(embeds=rows[None])[0, -1].softmax(-1)[WordTokenizer.words.index("Paris")])
+
+
+def lens_by_hand(model, run, position=-1):
+    stream = torch.stack([caught(block.resid_out, lambda: model(**run))[0, position] for block in model.model.layers])
+    with torch.no_grad():
+        return model.logits(stream)
+
+
+def steps_by_hand(model, tokens, scale=True):
+    ins = torch.stack([caught(block.resid_in, lambda: model(tokens))[0, -1] for block in model.model.layers])
+    outs = torch.stack([caught(block.resid_out, lambda: model(tokens))[0, -1] for block in model.model.layers])
+    return (outs - ins).norm(dim=-1) / (ins.norm(dim=-1) if scale else 1)
+
+
+ds = torch.linspace(0.5, 8.0, 31)
+sweep = torch.zeros(31, 10)
+sweep[:, 4] = torch.exp(-((ds - 5.0) ** 2))  # p(4) highest at 5.0 (row 18)
+sweep[:, 1] = 1 - sweep[:, 4]
+with torch.no_grad():
+    patched_1 = lens.patch(tiny, source=run_shrunk, target=run_unit, layers=[1])[0, -1]
+    patched_0 = lens.patch(tiny, source=run_shrunk, target=run_unit, layers=[0])[0, -1]
+    unpatched = tiny(**run_unit)[0, -1]
 
 CASES = [  # (checker, its inputs, the right answer, wrong answers a student could plausibly give)
     (checks.reweighted, (w, d2), w * d2 / (w * d2).sum(), [w, w * d2]),
     (checks.duration_for_weight, (0.2, 0.5), 4.0, [2.5, 0.25]),
     (checks.layer0_attention, (tiny, ids, contiguous, shrunk), layer0["right"] + 1e-6,
      [layer0["unit"], layer0["kept"], layer0["right"].T]),  # the ordinary run; the positions not shifted
+    (checks.layer0_attention, (tiny, ids, contiguous, shrunk, "left"), layer0["left"] + 1e-6,
+     [layer0["right"], layer0["unit"]]),  # the keys left where the right rule puts them
     (checks.rotation_angle, (2.5, 5, 64, theta), 2.5 * theta ** (-10 / 64), [2.5 * theta ** (-5 / 64), theta ** (-10 / 64)]),
     (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
     (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
     (checks.key_positions, (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),
      torch.tensor([-0.5, 0.25, 1.5]), [torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.0, 0.5, 2.5])]),
-    (checks.refined, (3.0, 2.0, 4), (torch.tensor([1.5, 2.0, 2.5, 3.0]), torch.full((4,), step)),
-     [(torch.tensor([1.0, 1.5, 2.0, 2.5]), torch.full((4,), step)), (torch.tensor([1.5, 2.0, 2.5, 3.0]), torch.full((4,), 2.0))]),
-    (checks.completeness, (probs, 4, 0.25), 0.75, [0.25, 1.0, 0.6]),  # 2 and 3 peak exactly at tau (>=, not >); 4 just below
+    (checks.refinement, (tiny, ids), split_by_hand,
+     [split_from_t, lambda p, d, m: split_by_hand(p, d * m, m), lambda p, d, m: split_by_hand(p, d, 1), 3]),  # not d / m; no split; not a function
+    (checks.observed_area, (probs, 4), paper.area(paper.counting_metrics(probs, 4)["completeness"]),
+     [paper.area(paper.counting_metrics(probs, 4)["counterfactual"]), 0.75, paper.area(paper.counting_metrics(probs, 3)["completeness"])]),
     (checks.trapezoid_area, (xs, ys), 0.05 * 1.8 + 0.2 * 1.3 + 0.25 * 0.5, [float(np.mean(ys))]),
     (checks.attention_mass, (tiny, run_shrunk, 1, range(2, 5)), mass(run_shrunk, 1),
      [mass(run_shrunk, 0), mass(run_unit, 1), mass(run_shrunk, 1, slice(0, 1))]),  # another layer, the unit run, head 0 only
+    (checks.logit_lens, (tiny, run_shrunk), lens_by_hand(tiny, run_shrunk),
+     [lens_by_hand(tiny, run_shrunk, -2), lens_by_hand(tiny, run_unit)]),  # another position; the other run
+    (checks.patched, (tiny, run_shrunk, run_unit, 1), patched_1, [patched_0, unpatched]),
     (checks.first_layer_on_top, (lensed, 2), 1, [2, 0, None]),
-    (checks.merge_bias, (3,), math.log(3), [3, math.log(4)]),
-    (checks.merged_durations, (5, 2, 3), torch.tensor([1.0, 1, 3, 1, 1]), [torch.tensor([1.0, 1, 1 / 3, 1, 1]), torch.ones(5)]),
+    (checks.proportional_attention, (), lambda s, z: (s + z.double().log()).softmax(-1),
+     [lambda s, z: s.softmax(-1), lambda s, z: (s * z).softmax(-1), lambda s, z: (s + z).softmax(-1)]),
+    (checks.peak_duration, (ds, sweep, 4), float(ds[18]), [18, float(ds[17]), 4.0]),
+    (checks.slerp, (), slerp_by_hand,
+     [lambda a, b, t: (1 - t) * a + t * b, lambda a, b, t: slerp_by_hand(a / a.norm(), b / b.norm(), t)]),  # linear; unit norm
+    (checks.lipschitz, (), lipschitz_by_hand,
+     [lambda x, y: lipschitz_by_hand(x, y) * (max(y) - min(y)), lambda x, y: abs((y[-1] - y[0]) / (x[-1] - x[0]))]),
+    (checks.halfway, (tiny, WordTokenizer(), "the capital of {} is", "France", "Germany", "Paris"), halfway_by_hand(tiny, "France", "Germany"),
+     [halfway_by_hand(tiny, "France", "France"), halfway_by_hand(tiny, "Germany", "Germany")]),
+    (checks.step_sizes, (tiny, ids), steps_by_hand(tiny, ids), [steps_by_hand(tiny, ids, scale=False), steps_by_hand(tiny, ids)[:1]]),
+    (checks.rectangle_rule, (), rectangle_by_hand,
+     [lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, "right"), lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, rule) / (b - a)]),
 ]  # fmt: skip
 
 
