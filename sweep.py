@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from contgpt import KVCache, Transformer, timeline
+import validate
+from contgpt import KVCache, Transformer, default_timeline
 
 CPU_BATCH_TOKENS = 1200  # rows per matmul: about the fastest measured here (2 cores, float32 and bf16); more costs memory
 
@@ -62,7 +63,7 @@ def last_logits(
         raise ValueError(f"a sweep needs at least one point and one token, not {n_points} points of {T} tokens")
     device = model.device
     if "positions" not in per_point or "durations" not in per_point:  # the model's defaults, made explicit
-        pos, dur = timeline(1, T, per_point.get("positions"), per_point.get("durations"), None, "cpu")
+        pos, dur = validate.timeline(1, T, per_point.get("positions"), per_point.get("durations"), None, "cpu", default_timeline)
         per_point["positions"], per_point["durations"] = pos, dur
     per_point = {k: v.to(device) for k, v in per_point.items()}
 
