@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def sweeps(tokenizer):
     from experiments import shrink, span_of, word_ranges
 
     at = APPLES.index("apple")
-    ids_a, span_a = span_of(tokenizer, APPLES, [(at + a, at + b) for a, b in word_ranges(APPLES[at:at + 23], "apple")])
+    ids_a, span_a = span_of(tokenizer, APPLES, [(at + a, at + b) for a, b in word_ranges(APPLES[at : at + 23], "apple")])
     start, end = EVENTS.index("She buys"), EVENTS.index("bread.") + len("bread.")
     ids_e, span_e = span_of(tokenizer, EVENTS, [(start, end)])
     return [
@@ -89,15 +90,14 @@ def worker_peak(args) -> dict:
             if dtype == "int8":
                 q, scales = quantize_int8(torch.randn(n, k), int8_activations)
                 a = torch.randn(m, k, dtype=int8_activations)
-                op = lambda: torch.ops.aten._weight_int8pack_mm(a, q, scales)  # noqa: E731
+                op = partial(torch.ops.aten._weight_int8pack_mm, a, q, scales)
             else:
                 a, b = torch.randn(m, k, dtype=getattr(torch, dtype)), torch.randn(k, n, dtype=getattr(torch, dtype))
-                op = lambda: a @ b  # noqa: E731
+                op = partial(torch.matmul, a, b)
             op()
             _, times, _ = timed(op, 7)  # the fastest run: another process can only slow a run down
             rates.setdefault(dtype, {})[f"{m}x{k}x{n}"] = 2 * m * k * n / min(times) / 1e9
-    return {"matmul_gflops": rates, "peak_gflops": {d: max(r.values()) for d, r in rates.items()},
-            "threads": torch.get_num_threads()}  # fmt: skip
+    return {"matmul_gflops": rates, "peak_gflops": {d: max(r.values()) for d, r in rates.items()}, "threads": torch.get_num_threads()}
 
 
 def worker_contgpt(args) -> dict:
@@ -115,12 +115,19 @@ def worker_contgpt(args) -> dict:
     cfg = model.config
     for name, ids, durations in sweeps(tokenizer):
         tokens = torch.tensor(ids)
-        median, times, logits = timed(lambda: last_logits(model, tokens, durations=durations), args.repeats)
+        median, times, logits = timed(partial(last_logits, model, tokens, durations=durations), args.repeats)
         prefix = int((durations != durations[:1]).any(0).nonzero()[0])
         flops = sweep_flops(cfg, len(ids), prefix, len(durations))
-        out[name] = {"points": len(durations), "tokens": len(ids), "shared_prefix": prefix, "median_s": median,
-                     "times_s": times, "gflop": flops / 1e9, "gflops": flops / median / 1e9,
-                     "probs": answer_probs(logits, tokenizer, DIGITS)[0].tolist()}  # fmt: skip
+        out[name] = {
+            "points": len(durations),
+            "tokens": len(ids),
+            "shared_prefix": prefix,
+            "median_s": median,
+            "times_s": times,
+            "gflop": flops / 1e9,
+            "gflops": flops / median / 1e9,
+            "probs": answer_probs(logits, tokenizer, DIGITS)[0].tolist(),
+        }
     out["generation"] = generation(model, tokenizer, args.repeats, rerun=model.precision.name == "float32")
     out["peak_rss_gb"] = peak_rss_gb()
     return out
@@ -154,21 +161,22 @@ def generation(model, tokenizer, repeats, rerun: bool) -> dict:
     for label, prompt in (("short", APPLES), ("long", long)):
         ids = torch.tensor(tokenizer.encode(prompt)[:256])
         model.generate(ids, 2)  # warm-up
-        cached, _, tokens = timed(lambda: model.generate(ids, 64), repeats)
+        cached, _, tokens = timed(partial(model.generate, ids, 64), repeats)
         result[label] = {"prompt_tokens": len(ids), "cached_ms": cached / 64 * 1e3, "tokens": tokens}
         if not rerun:
             continue
-
-        def rerun_all():
-            seq = ids
-            for _ in range(64):
-                nxt = model(seq, last_only=True)[0, -1].argmax()
-                seq = torch.cat((seq, nxt[None]))
-            return seq[len(ids):].tolist()
-
-        full, _, same = timed(rerun_all, 1)
+        full, _, same = timed(partial(rerun_greedy, model, ids, 64), 1)
         result[label].update(rerun_ms=full / 64 * 1e3, speedup=full / cached, same_tokens=same == tokens)
     return result
+
+
+def rerun_greedy(model, ids, n: int) -> list[int]:
+    """n greedy tokens without a cache: the whole sequence runs again for each new token."""
+    seq = ids
+    for _ in range(n):
+        nxt = model(seq, last_only=True)[0, -1].argmax()
+        seq = torch.cat((seq, nxt[None]))
+    return seq[len(ids) :].tolist()
 
 
 def worker_paper(args) -> dict:
@@ -181,38 +189,50 @@ def worker_paper(args) -> dict:
     _, tokenizer = load(args.model)  # our tokenizer: the same ids for both methods
     path = fetch_model(args.model) if not args.model.endswith(".gguf") else Path(args.model)
     start = time.perf_counter()
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, args.dtype),
-                                                              attn_implementation="eager").eval()  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=getattr(torch, args.dtype), attn_implementation="eager"
+    ).eval()
     out = {"load_s": time.perf_counter() - start, "dtype": args.dtype}
     for name, ids, durations in sweeps(tokenizer):
         tokens = torch.tensor([ids])
-        T = len(ids)
-
-        def run():
-            rows = []
-            for d in durations:
-                positions = (d.cumsum(0) - 1)[None]
-                mask = torch.zeros(1, 1, T, T)
-                for i in range(T):  # the official code's per-sample double loop
-                    for j in range(T):
-                        mask[0, 0, i, j] = math.log(d[j]) if j <= i else -math.inf
-                with torch.no_grad():
-                    logits = model(tokens, attention_mask=mask.to(model.dtype), position_ids=positions).logits
-                rows.append(logits[0, -1].float())
-            return torch.stack(rows)
-
-        median, times, logits = timed(run, args.paper_repeats)
+        median, times, logits = timed(partial(paper_method, model, tokens, durations), args.paper_repeats)
         out[name] = {"median_s": median, "times_s": times, "probs": answer_probs(logits, tokenizer, DIGITS)[0].tolist()}
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
 
+def paper_method(model, tokens, durations) -> torch.Tensor:
+    """Last-position logits (N, vocab) of a transformers model for each row of durations, run
+    as the official code does: one forward per point, its 4-D mask built by a Python loop."""
+    T = tokens.shape[1]
+    rows = []
+    for d in durations:
+        positions = (d.cumsum(0) - 1)[None]
+        mask = torch.zeros(1, 1, T, T)
+        for i in range(T):  # the official code's per-sample double loop
+            for j in range(T):
+                mask[0, 0, i, j] = math.log(d[j]) if j <= i else -math.inf
+        with torch.no_grad():
+            logits = model(tokens, attention_mask=mask.to(model.dtype), position_ids=positions).logits
+        rows.append(logits[0, -1].float())
+    return torch.stack(rows)
+
+
 SHAPES = {  # configs of real models; random weights cost the same to run as trained ones
-    "qwen2.5-0.5b": dict(family="qwen2", vocab_size=151936, dim=896, hidden_dim=4864, n_layers=24, n_heads=14,
-                         n_kv_heads=2, head_dim=64, rope_theta=1e6),
-    "llama-2-7b": dict(family="llama", vocab_size=32000, dim=4096, hidden_dim=11008, n_layers=32, n_heads=32,
-                       n_kv_heads=32, head_dim=128),
-}  # fmt: skip
+    "qwen2.5-0.5b": dict(
+        family="qwen2", vocab_size=151936, dim=896, hidden_dim=4864, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64, rope_theta=1e6
+    ),
+    "llama-2-7b": dict(family="llama", vocab_size=32000, dim=4096, hidden_dim=11008, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128),
+}
+
+
+def synchronized_sweep(model, tokens, durations) -> None:
+    """One sweep, waited for: CUDA runs asynchronously, and a timer must stop when the work does."""
+    from sweep import last_logits
+
+    last_logits(model, tokens, durations=durations)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def worker_shapes(args) -> dict:
@@ -222,7 +242,6 @@ def worker_shapes(args) -> dict:
     per item, for planning a run at scale."""
     from contgpt import Config, Transformer
     from precision import pick_device, resolve
-    from sweep import last_logits
 
     device = pick_device("auto")
     chosen = resolve(args.dtype if args.dtype != "all" else "auto", device)
@@ -239,11 +258,9 @@ def worker_shapes(args) -> dict:
                 torch.nn.init.normal_(model.model.embed_tokens.weight, std=0.02)  # a Transformer's embedding starts empty
         finally:
             torch.set_default_dtype(default)
-        sweep = lambda m=model: last_logits(m, tokens, durations=durations.to(device))  # noqa: E731
+        sweep = partial(synchronized_sweep, model, tokens, durations.to(device))
         sweep()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        median, times, _ = timed(lambda: (sweep(), torch.cuda.synchronize() if device.type == "cuda" else None), args.repeats)
+        median, times, _ = timed(sweep, args.repeats)
         flops = sweep_flops(model.config, 30, 6, 40)
         out[name] = {"seconds_per_item": median, "times_s": times, "tflops": flops / median / 1e12}
         model = sweep = None  # free it before the next one
@@ -261,15 +278,18 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model or a .gguf file (transformers reads GGUF)")
-    parser.add_argument("--dtype", default="all", choices=("all",) + DTYPES,
-                        help="all: every dtype this hardware offers; else float32 (the reference) and this one")  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="all", choices=("all",) + DTYPES, help="all: every dtype this hardware offers; else float32 (the reference) and this one"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each contgpt measurement")
     parser.add_argument("--paper-repeats", type=int, default=1, help="repeats of each paper-method sweep (a minute each)")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper's method (the slowest part)")
-    parser.add_argument("--shapes", action="store_true",
-                        help="only time one reproduction item on random-weight models of real shapes, on the GPU if any")  # fmt: skip
-    parser.add_argument("--hooks", action="store_true",
-                        help="only time a forward with the hook points (identity modules) as they are, removed, and hooked")  # fmt: skip
+    parser.add_argument(
+        "--shapes", action="store_true", help="only time one reproduction item on random-weight models of real shapes, on the GPU if any"
+    )
+    parser.add_argument(
+        "--hooks", action="store_true", help="only time a forward with the hook points (identity modules) as they are, removed, and hooked"
+    )
     parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,8 +306,10 @@ def main():
         result = worker_shapes(args)
         print(json.dumps(result, indent=1))
         for name in SHAPES:
-            print(f"{name}: {result[name]['seconds_per_item'] * 1e3:.1f} ms per counting item ({result[name]['tflops']:.1f} TFLOP/s) "
-                  f"on {result['device']}, {result['dtype']}")  # fmt: skip
+            print(
+                f"{name}: {result[name]['seconds_per_item'] * 1e3:.1f} ms per counting item ({result[name]['tflops']:.1f} TFLOP/s) "
+                f"on {result['device']}, {result['dtype']}"
+            )
         return
     dtypes, skipped = offered_dtypes(args.dtype)
     results = {"date": date.today().isoformat(), "machine": machine(), "model": args.model, "dtypes": dtypes, "skipped": skipped}
@@ -296,8 +318,20 @@ def main():
         jobs += [("paper", d) for d in ["float32"] + (["bfloat16"] if cpu_bf16()[0] else [])]
     for worker, dtype in jobs:
         print(f"running {worker} {dtype} ...", flush=True)
-        command = [sys.executable, __file__, "--worker", worker, "--model", args.model, "--dtype", dtype,
-                   "--repeats", str(args.repeats), "--paper-repeats", str(args.paper_repeats)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            worker,
+            "--model",
+            args.model,
+            "--dtype",
+            dtype,
+            "--repeats",
+            str(args.repeats),
+            "--paper-repeats",
+            str(args.paper_repeats),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{worker} {dtype} failed:\n{done.stderr[-3000:]}")
@@ -381,6 +415,11 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
 
 
+def speed_ratio(peer: dict | None, seconds: float) -> str:
+    """How many times faster than the peer's median a run of `seconds` is, or "-" without a peer."""
+    return f"{peer['median_s'] / seconds:.1f}x" if peer else "-"
+
+
 def agreement(probs, reference) -> tuple[float, float]:
     """(largest |dp| of any tracked probability, share of points with the same top answer)."""
     dp = max(abs(a - b) for ra, rb in zip(probs, reference) for a, b in zip(ra, rb))
@@ -396,34 +435,43 @@ def summarize(r: dict) -> None:
     print("matmul peak (best MLP shape): " + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()))
     for dtype, why in r["skipped"].items():
         print(f"not run: {dtype} ({why})")
-    print(f"\n{'sweep':7} {'dtype':9} {'points':>6} {'contgpt s':>9} {'vs fp32':>7} {'paper fp32':>10} {'paper same':>10} "
-          f"{'GFLOP/s':>7} {'% peak':>6} {'max |dp|':>8} {'same top':>8}")  # fmt: skip
+    print(
+        f"\n{'sweep':7} {'dtype':9} {'points':>6} {'contgpt s':>9} {'vs fp32':>7} {'paper fp32':>10} {'paper same':>10} "
+        f"{'GFLOP/s':>7} {'% peak':>6} {'max |dp|':>8} {'same top':>8}"
+    )
     for name in ("apples", "events"):
         for dtype, o in ours.items():
             dp, same = agreement(o[name]["probs"], reference[name]["probs"])
             o[name].update(max_prob_diff=dp, same_top=same, speedup_vs_float32=reference[name]["median_s"] / o[name]["median_s"])
             peer = paper.get("bfloat16" if dtype != "float32" else "float32", {}).get(name)
             p32 = paper.get("float32", {}).get(name)
-            ratio = lambda p: f"{p['median_s'] / o[name]['median_s']:.1f}x" if p else "-"  # noqa: E731
-            o[name].update(vs_paper_float32=p32 and p32["median_s"] / o[name]["median_s"],
-                           vs_paper_same_dtype=peer and peer["median_s"] / o[name]["median_s"])  # fmt: skip
-            print(f"{name:7} {dtype:9} {o[name]['points']:>6} {o[name]['median_s']:>9.2f} {o[name]['speedup_vs_float32']:>6.2f}x "
-                  f"{ratio(p32):>10} {ratio(peer):>10} {o[name]['gflops']:>7.0f} {100 * o[name]['gflops'] / peaks[dtype]:>5.0f}% "
-                  f"{dp:>8.1e} {100 * same:>7.0f}%")  # fmt: skip
+            ratio = partial(speed_ratio, seconds=o[name]["median_s"])
+            o[name].update(
+                vs_paper_float32=p32 and p32["median_s"] / o[name]["median_s"], vs_paper_same_dtype=peer and peer["median_s"] / o[name]["median_s"]
+            )
+            print(
+                f"{name:7} {dtype:9} {o[name]['points']:>6} {o[name]['median_s']:>9.2f} {o[name]['speedup_vs_float32']:>6.2f}x "
+                f"{ratio(p32):>10} {ratio(peer):>10} {o[name]['gflops']:>7.0f} {100 * o[name]['gflops'] / peaks[dtype]:>5.0f}% "
+                f"{dp:>8.1e} {100 * same:>7.0f}%"
+            )
     for dtype, p in paper.items():
         for name in ("apples", "events"):
             dp, same = agreement(p[name]["probs"], reference[name]["probs"])
             p[name].update(max_prob_diff=dp, same_top=same)
-        print(f"paper's method, transformers {dtype}: apples {p['apples']['median_s']:.1f} s, events {p['events']['median_s']:.1f} s, "
-              f"load {p['load_s']:.1f} s, peak RSS {p['peak_rss_gb']:.2f} GB, max |dp| vs contgpt float32 {p['apples']['max_prob_diff']:.1e}")  # fmt: skip
+        print(
+            f"paper's method, transformers {dtype}: apples {p['apples']['median_s']:.1f} s, events {p['events']['median_s']:.1f} s, "
+            f"load {p['load_s']:.1f} s, peak RSS {p['peak_rss_gb']:.2f} GB, max |dp| vs contgpt float32 {p['apples']['max_prob_diff']:.1e}"
+        )
     print()
     for dtype, o in ours.items():
         g = o["generation"]
         rerun = f" (re-running the sequence: {g['short']['rerun_ms']:.0f} and {g['long']['rerun_ms']:.0f})" if "rerun_ms" in g["short"] else ""
-        print(f"{dtype:9} load {o['load_s']:.1f} s, weights {o['weights_gb']:.2f} GB, peak RSS {o['peak_rss_gb']:.2f} GB "
-              f"({o['peak_rss_gb'] / o['weights_gb']:.2f}x the weights), cache on disk {o['cache_gb']:.2f} GB; generation "
-              f"{g['short']['cached_ms']:.0f} ms/token ({g['short']['prompt_tokens']}-token prompt), {g['long']['cached_ms']:.0f} "
-              f"({g['long']['prompt_tokens']}){rerun}")  # fmt: skip
+        print(
+            f"{dtype:9} load {o['load_s']:.1f} s, weights {o['weights_gb']:.2f} GB, peak RSS {o['peak_rss_gb']:.2f} GB "
+            f"({o['peak_rss_gb'] / o['weights_gb']:.2f}x the weights), cache on disk {o['cache_gb']:.2f} GB; generation "
+            f"{g['short']['cached_ms']:.0f} ms/token ({g['short']['prompt_tokens']}-token prompt), {g['long']['cached_ms']:.0f} "
+            f"({g['long']['prompt_tokens']}){rerun}"
+        )
 
 
 if __name__ == "__main__":

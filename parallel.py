@@ -42,8 +42,9 @@ def world_size() -> int:
 def refuse_distributed(program: str, why: str) -> None:
     """Stop with a clear message when launched as one of several ranks (torchrun, srun)."""
     if world_size() > 1:
-        raise SystemExit(f"{program} runs as a single process ({why}); it was started as one of {world_size()} "
-                         f"ranks: run it with plain python, not torchrun")  # fmt: skip
+        raise SystemExit(
+            f"{program} runs as a single process ({why}); it was started as one of {world_size()} ranks: run it with plain python, not torchrun"
+        )
 
 
 @dataclass
@@ -57,11 +58,13 @@ class World:
     store: object = None  # the rendezvous store (torch.distributed.Store), None in a world of one
 
     def device(self, requested: str = "auto") -> torch.device:
-        """"auto" or "cuda": this rank's own GPU (cuda:LOCAL_RANK) when there are GPUs, else the CPU."""
+        """ "auto" or "cuda": this rank's own GPU (cuda:LOCAL_RANK) when there are GPUs, else the CPU."""
         if requested in ("auto", "cuda", None) and torch.cuda.is_available():
             if self.local_rank >= torch.cuda.device_count():
-                raise SystemExit(f"rank {self.rank} is local rank {self.local_rank}, but this node has only "
-                                 f"{torch.cuda.device_count()} GPUs: start at most that many ranks per node")  # fmt: skip
+                raise SystemExit(
+                    f"rank {self.rank} is local rank {self.local_rank}, but this node has only "
+                    f"{torch.cuda.device_count()} GPUs: start at most that many ranks per node"
+                )
             return torch.device(f"cuda:{self.local_rank}")
         return torch.device("cpu" if requested in ("auto", None) else requested)
 
@@ -109,8 +112,7 @@ def join() -> World:
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
-        store, rank, size = next(torch.distributed.rendezvous("env://", rank=rank, world_size=size,
-                                                              timeout=timedelta(seconds=RENDEZVOUS_SECONDS)))  # fmt: skip
+        store, rank, size = next(torch.distributed.rendezvous("env://", rank=rank, world_size=size, timeout=timedelta(seconds=RENDEZVOUS_SECONDS)))
         torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=size, timeout=WORK_TIMEOUT)
     except (RuntimeError, ValueError, KeyError) as e:  # DistStoreError is a RuntimeError
         raise SystemExit(
@@ -163,8 +165,10 @@ class Records:
             data = self.own.read_bytes()
             whole = data[: data.rfind(b"\n") + 1]
             if len(whole) != len(data):
-                print(f"{self.own}: dropped a truncated last line ({len(data) - len(whole)} bytes, an item "
-                      f"interrupted while it was written); it will be run again")  # fmt: skip
+                print(
+                    f"{self.own}: dropped a truncated last line ({len(data) - len(whole)} bytes, an item "
+                    f"interrupted while it was written); it will be run again"
+                )
                 with open(self.own, "r+b") as f:
                     f.truncate(len(whole))
         return open(self.own, "a")
@@ -194,6 +198,5 @@ def read_lines(path: Path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except ValueError as e:
-            raise SystemExit(f"{path}, line {number}, is not a JSON record ({e}); move the file away to run "
-                             f"those items again") from e  # fmt: skip
+            raise SystemExit(f"{path}, line {number}, is not a JSON record ({e}); move the file away to run those items again") from e
     return records

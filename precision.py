@@ -56,7 +56,7 @@ class Precision:
 
 
 def pick_device(name: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None): the GPU when there is one, else the CPU; anything else as torch reads it."""
+    """ "auto" (or None): the GPU when there is one, else the CPU; anything else as torch reads it."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -86,8 +86,10 @@ def resolve(dtype, device: torch.device) -> Precision:
         return Precision(fallback, getattr(torch, fallback), f"int8 requested, but {problem}")
     activations, why = int8_activations(device, fast, why)
     if activations == torch.float32:
-        warnings.warn("int8 weights with float32 activations run torch's generic kernel, which is slow; "
-                      "int8 pays where the kernel's bf16 path is fast", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            "int8 weights with float32 activations run torch's generic kernel, which is slow; int8 pays where the kernel's bf16 path is fast",
+            stacklevel=3,
+        )
     return Precision("int8", activations, f"requested; {why}")
 
 

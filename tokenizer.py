@@ -34,20 +34,25 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 # front of ByteLevel, as in SmolLM), in one pass: digits alone, and a run of spaces in front of a
 # digit ends there, as it would at the end of the chunk the digit split off.
 GPT2_DIGITS_PATTERN = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
-LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+LLAMA3_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 PATTERNS = {"gpt2": GPT2_PATTERN, "smollm": GPT2_DIGITS_PATTERN, "llama-bpe": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN}
 
 # Llama 3's special tokens follow its 128000 ranks, in this order, padded to 256 with reserved ones.
 LLAMA3_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>",
-]  # fmt: skip
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
+]
 LLAMA3_SPECIALS += [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + 256 - len(LLAMA3_SPECIALS))]
 
 
@@ -223,8 +228,20 @@ class BPETokenizer(Tokenizer):
     then every merge in order); `ids` maps a rank to the vocabulary's own id, which is usually
     the same number but need not be."""
 
-    def __init__(self, ranks: dict[bytes, int], ids: list[int], specials: dict[str, int], pattern: str,
-                 *, bos_id, eos_id, add_bos, nfc=False, name="bpe", pieces: dict[int, bytes] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        ids: list[int],
+        specials: dict[str, int],
+        pattern: str,
+        *,
+        bos_id,
+        eos_id,
+        add_bos,
+        nfc=False,
+        name="bpe",
+        pieces: dict[int, bytes] | None = None,
+    ):
         n = len(ranks)
         self.enc = tiktoken.Encoding(
             name=name,
@@ -272,8 +289,16 @@ class BPETokenizer(Tokenizer):
         if sorted(ranks.values()) != list(range(len(ranks))):
             raise ValueError(f"{path}: the ranks of a tiktoken file must be 0..n-1")
         specials = {text: len(ranks) + i for i, text in enumerate(LLAMA3_SPECIALS)}
-        return cls(ranks, list(range(len(ranks))), specials, LLAMA3_PATTERN, name=path.name,
-                   bos_id=specials["<|begin_of_text|>"], eos_id=specials["<|end_of_text|>"], add_bos=True)  # fmt: skip
+        return cls(
+            ranks,
+            list(range(len(ranks))),
+            specials,
+            LLAMA3_PATTERN,
+            name=path.name,
+            bos_id=specials["<|begin_of_text|>"],
+            eos_id=specials["<|end_of_text|>"],
+            add_bos=True,
+        )
 
     @classmethod
     def from_hf_json(cls, path: Path) -> BPETokenizer:
@@ -289,15 +314,23 @@ class BPETokenizer(Tokenizer):
         settings = _settings(path)
         bos_id, add_bos = _hf_bos(spec, settings, specials)
         eos = _token_text(settings.get("eos_token"))
-        return cls.from_vocab(model["vocab"], merges, specials, hf_pattern(spec.get("pre_tokenizer"), path),
-                              bos_id=bos_id, eos_id=specials.get(eos), add_bos=add_bos,
-                              nfc=normalizer == "NFC", name=path.name)  # fmt: skip
+        return cls.from_vocab(
+            model["vocab"],
+            merges,
+            specials,
+            hf_pattern(spec.get("pre_tokenizer"), path),
+            bos_id=bos_id,
+            eos_id=specials.get(eos),
+            add_bos=add_bos,
+            nfc=normalizer == "NFC",
+            name=path.name,
+        )
 
     @classmethod
     def from_vocab(cls, vocab: dict[str, int], merges: list, specials: dict[str, int], pattern: str, **kw):
         """From a GPT-2-style vocabulary (strings in bytes_to_unicode characters) and merges."""
         byte_of = {c: b for b, c in bytes_to_unicode().items()}
-        raw = lambda token: bytes(map(byte_of.__getitem__, token))  # noqa: E731
+        raw = lambda token: bytes(map(byte_of.__getitem__, token))
         order = [bytes_to_unicode()[b] for b in range(256)]
         if not any(t in vocab for t in order):
             raise ValueError("not a byte-level BPE vocabulary: none of the 256 byte tokens is in it")
@@ -341,10 +374,7 @@ def hf_pattern(pre: dict | None, path: Path) -> str:
             return split["pattern"]["Regex"]
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return GPT2_DIGITS_PATTERN
-    raise ValueError(
-        f"{path}: unsupported pre-tokenizer {kinds}; supported: ByteLevel, Split(regex)+ByteLevel, "
-        "Digits(individual)+ByteLevel"
-    )
+    raise ValueError(f"{path}: unsupported pre-tokenizer {kinds}; supported: ByteLevel, Split(regex)+ByteLevel, Digits(individual)+ByteLevel")
 
 
 # ----------------------------------------------------------------------------- from GGUF
@@ -369,15 +399,20 @@ def gguf_tokenizer_files(meta: dict) -> dict[str, str | bytes]:
         "chat_template": meta.get("tokenizer.chat_template"),
     }
     if kind == "gpt2":
-        files = {"tokenizer.json": _hf_bpe_json(tokens, types, meta.get("tokenizer.ggml.merges", []),
-                                                meta.get("tokenizer.ggml.pre", "gpt-2"))}  # fmt: skip
+        files = {"tokenizer.json": _hf_bpe_json(tokens, types, meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.pre", "gpt-2"))}
     elif kind == "llama":
         scores = meta.get("tokenizer.ggml.scores")
         if scores is None:
             raise ValueError("this SentencePiece-style GGUF vocabulary has no scores (tokenizer.ggml.scores)")
-        files = {"tokenizer.model": sentencepiece_model(
-            tokens, scores, types, add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
-            special={k: v for k, v in special.items() if v is not None})}  # fmt: skip
+        files = {
+            "tokenizer.model": sentencepiece_model(
+                tokens,
+                scores,
+                types,
+                add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+                special={k: v for k, v in special.items() if v is not None},
+            )
+        }
     else:
         raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: gpt2 (byte-level BPE), llama (SentencePiece)")
     files["tokenizer_config.json"] = json.dumps(config, ensure_ascii=False)
@@ -397,11 +432,16 @@ def gguf_bpe_tokenizer(meta: dict) -> BPETokenizer:
     bos, eos = (meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos"))
     merges = [m.split(" ") for m in meta.get("tokenizer.ggml.merges", [])]
     tokenizer = BPETokenizer.from_vocab(
-        {t: i for i, t in enumerate(tokens)}, merges, specials, PATTERNS[GGUF_PRE[pre]],
+        {t: i for i, t in enumerate(tokens)},
+        merges,
+        specials,
+        PATTERNS[GGUF_PRE[pre]],
         bos_id=specials.get(tokens[bos]) if bos is not None else None,
         eos_id=specials.get(tokens[eos]) if eos is not None else None,
-        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), nfc=GGUF_PRE[pre] == "qwen2", name="gguf",
-    )  # fmt: skip
+        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        nfc=GGUF_PRE[pre] == "qwen2",
+        name="gguf",
+    )
     tokenizer.chat_template = meta.get("tokenizer.chat_template")
     return tokenizer
 
@@ -414,7 +454,7 @@ def _hf_bpe_json(tokens: list[str], types: list[int], merges: list[str], pre: st
     if pre not in GGUF_PRE:
         raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(GGUF_PRE)}")
     pattern = PATTERNS[GGUF_PRE[pre]]
-    level = lambda use_regex: {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": use_regex}  # noqa: E731
+    level = lambda use_regex: {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": use_regex}
     if pattern == GPT2_PATTERN:
         pre_tokenizer = level(True)
     elif pattern == GPT2_DIGITS_PATTERN:
@@ -425,16 +465,27 @@ def _hf_bpe_json(tokens: list[str], types: list[int], merges: list[str], pre: st
     added = [i for i, t in enumerate(types) if t in (GGUF_CONTROL, GGUF_USER_DEFINED)]
     spec = {
         "version": "1.0",
-        "added_tokens": [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for i in added],  # fmt: skip
+        "added_tokens": [
+            {"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+            for i in added
+        ],
         # Qwen2's own tokenizer normalizes to NFC; the others have no normalizer
         "normalizer": {"type": "NFC"} if GGUF_PRE[pre] == "qwen2" else None,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": None,
         "decoder": level(False),
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},  # fmt: skip
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": merges,
+        },
     }
     return json.dumps(spec, ensure_ascii=False)
 
@@ -464,8 +515,7 @@ def sentencepiece_model(tokens, scores, types, *, add_dummy_prefix: bool, specia
     unk = special.get("unknown")
     types = [GGUF_UNKNOWN if i == unk else GGUF_CONTROL if t == GGUF_UNKNOWN else t for i, t in enumerate(types)]
     pieces = b"".join(
-        field(1, field(1, piece.encode("utf-8")) + field(2, float(score)) + field(3, kind))
-        for piece, score, kind in zip(tokens, scores, types)
+        field(1, field(1, piece.encode("utf-8")) + field(2, float(score)) + field(3, kind)) for piece, score, kind in zip(tokens, scores, types)
     )
     trainer = field(3, 2) + field(4, len(tokens)) + field(35, GGUF_BYTE in types)  # BPE, byte fallback
     for key, (id_field, piece_field) in {"unknown": (40, 45), "bos": (41, 46), "eos": (42, 47), "padding": (43, 48)}.items():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
-from experiments import digit_sweep, span_of, word_ranges  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report
+from experiments import digit_sweep, span_of, word_ranges
 
 PROMPT = 'Question: In the sentence "{sentence}", how many times is a {category} mentioned? Reply with a single-digit number\nAnswer: '
 
@@ -33,8 +33,14 @@ def main(argv=None):
     print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")
 
     curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "model": args.model})
-    report(curves, args.out, "apples", f"{args.repetitions} × '{args.word}', each lasting c ({args.model})", started,
-           show=[str(d) for d in range(args.repetitions + 2)])  # fmt: skip
+    report(
+        curves,
+        args.out,
+        "apples",
+        f"{args.repetitions} × '{args.word}', each lasting c ({args.model})",
+        started,
+        show=[str(d) for d in range(args.repetitions + 2)],
+    )
 
 
 if __name__ == "__main__":

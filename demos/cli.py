@@ -25,8 +25,7 @@ def demo_parser(description: str, samples: int) -> argparse.ArgumentParser:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a named model, a checkpoint directory or a .gguf file")
-    parser.add_argument("--dtype", default="auto", choices=DTYPES,
-                        help="auto: bfloat16 where the hardware multiplies it natively, else float32")  # fmt: skip
+    parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 where the hardware multiplies it natively, else float32")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one")
 
 
@@ -43,8 +42,10 @@ def load_for_demo(args: argparse.Namespace, world=None):
     if tokenizer is None:
         raise SystemExit(f"{args.model} has no tokenizer files; the demos need one")
     if world is None or world.rank == 0:
-        print(f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
-              f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}")  # fmt: skip
+        print(
+            f"loaded {args.model} ({model.config.family}, {n_parameters(model) / 1e6:.0f}M parameters) on {model.device} "
+            f"in {time.perf_counter() - start:.1f} s\ndtype: {model.precision}"
+        )
     return model, tokenizer
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
-from experiments import digit_sweep, span_of  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report
+from experiments import digit_sweep, span_of
 
 STORY = "Alice goes to the shop. She buys a carton of milk. She buys an apple. She buys a potato. She buys a loaf of bread."
 QUESTION = "How many items did Alice buy?"
@@ -37,8 +37,14 @@ def main(argv=None):
     print(f"prompt: {prompt!r}\nshrunk: {tokenizer.decode([ids[i] for i in span])!r} ({len(span)} tokens, {len(sentences) - 1} events)")
 
     curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "model": args.model})
-    report(curves, args.out, "events", f"{len(sentences) - 1} events, each sentence lasting c ({args.model})", started,
-           show=[str(d) for d in range(len(sentences) + 1)])  # fmt: skip
+    report(
+        curves,
+        args.out,
+        "events",
+        f"{len(sentences) - 1} events, each sentence lasting c ({args.model})",
+        started,
+        show=[str(d) for d in range(len(sentences) + 1)],
+    )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-import experiments as ex  # noqa: E402
-from contgpt import KVCache  # noqa: E402
-from demos.cli import add_model_options, load_for_demo  # noqa: E402
-from sweep import last_logits  # noqa: E402
+import experiments as ex
+from contgpt import KVCache
+from demos.cli import add_model_options, load_for_demo
+from sweep import last_logits
 
 PAGE = Path(__file__).with_name("explore.html")
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the page's code imports contgpt from
@@ -112,9 +112,18 @@ class Explorer:
 
     def info(self) -> dict:
         cfg = self.model.config
-        return {"model": self.name, "dtype": str(self.model.precision), "layers": cfg.n_layers, "heads": cfg.n_heads,
-                "prompt": APPLES, "answers": ", ".join(ex.DIGITS), "max_tokens": MAX_TOKENS, "max_duration": MAX_DURATION,
-                "max_points": MAX_POINTS, "python": sys.executable}  # fmt: skip
+        return {
+            "model": self.name,
+            "dtype": str(self.model.precision),
+            "layers": cfg.n_layers,
+            "heads": cfg.n_heads,
+            "prompt": APPLES,
+            "answers": ", ".join(ex.DIGITS),
+            "max_tokens": MAX_TOKENS,
+            "max_duration": MAX_DURATION,
+            "max_points": MAX_POINTS,
+            "python": sys.executable,
+        }
 
     def tokenize(self, body: dict) -> dict:
         prompt = _prompt(body)
@@ -149,10 +158,14 @@ class Explorer:
             "positions": inputs["positions"][0].tolist(),
             "durations": inputs["durations"][0].tolist(),
             "labels": labels,
-            "attention": {"after": after, "before": before, "before_positions": before_inputs["positions"][0].tolist(),
-                          "before_durations": before_inputs["durations"][0].tolist()},
+            "attention": {
+                "after": after,
+                "before": before,
+                "before_positions": before_inputs["positions"][0].tolist(),
+                "before_durations": before_inputs["durations"][0].tolist(),
+            },
             "code": self.code(request, inputs),
-        }  # fmt: skip
+        }
 
     def sweep_plan(self, body: dict) -> tuple[Request, torch.Tensor, Callable[[], dict]]:
         """(request, swept values, a function that builds every point's model inputs), all
@@ -164,8 +177,10 @@ class Explorer:
             raise BadRequest("a sweep tracks answers: type them (comma-separated) before sweeping")
         points = _number(body, "points", 2, MAX_POINTS, integer=True)
         if points * len(request.ids) > MAX_SWEEP_WORK:  # before any input is built, interpolations included
-            raise BadRequest(f"a sweep of {points} points over {len(request.ids)} tokens is more than the explorer runs at once "
-                             f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt")  # fmt: skip
+            raise BadRequest(
+                f"a sweep of {points} points over {len(request.ids)} tokens is more than the explorer runs at once "
+                f"({MAX_SWEEP_WORK:,} points x tokens); use fewer points or a shorter prompt"
+            )
         if request.interpolation:
             xs = torch.linspace(0.0, 1.0, points)
             self.inputs(request, [0.0])  # one point now, so that a word the swap cannot align is a 400 before the stream
@@ -216,8 +231,16 @@ class Explorer:
         keep_positions = body.get("keep_positions", False)
         if not isinstance(keep_positions, bool):
             raise BadRequest(f"keep_positions must be true or false, not {keep_positions!r}")
-        return Request(prompt, ids, [float(d) for d in durations], keep_positions,
-                       [a.strip() for a in answers], layer, head, self.parse_interpolation(body, prompt))  # fmt: skip
+        return Request(
+            prompt,
+            ids,
+            [float(d) for d in durations],
+            keep_positions,
+            [a.strip() for a in answers],
+            layer,
+            head,
+            self.parse_interpolation(body, prompt),
+        )
 
     def parse_interpolation(self, body: dict, prompt: str) -> dict | None:
         spec = body.get("interpolation")
@@ -264,7 +287,7 @@ class Explorer:
     @staticmethod
     def template(request: Request) -> str:
         """The prompt with {} where the interpolated word goes (other braces escaped)."""
-        escape = lambda text: text.replace("{", "{{").replace("}", "}}")  # noqa: E731
+        escape = lambda text: text.replace("{", "{{").replace("}", "}}")
         spec = request.interpolation
         return escape(request.prompt[: spec["start"]]) + "{}" + escape(request.prompt[spec["end"] :])
 
@@ -302,8 +325,12 @@ class Explorer:
     def reference_attention(self, request: Request) -> tuple[list[float], dict]:
         """The attention the page compares with (every duration 1, or in interpolation mode the
         first word, alpha 0) and its inputs. Kept for the page's current prompt and layer."""
-        unchanged = replace(request, durations=[1.0] * len(request.ids), keep_positions=False,
-                            interpolation=request.interpolation and {**request.interpolation, "alpha": 0.0})  # fmt: skip
+        unchanged = replace(
+            request,
+            durations=[1.0] * len(request.ids),
+            keep_positions=False,
+            interpolation=request.interpolation and {**request.interpolation, "alpha": 0.0},
+        )
         key = repr(unchanged)
         if key not in self._reference:
             inputs, _ = self.inputs(unchanged, [0.0] if unchanged.interpolation else None)
@@ -313,30 +340,41 @@ class Explorer:
     def code(self, request: Request, inputs: dict) -> str:
         """Python that computes what the page shows, with contgpt as a library: saved as a file
         anywhere, it runs with this checkout's Python environment (it imports contgpt from ROOT)."""
-        rounded = lambda t: [round(v, 6) for v in t[0].tolist()]  # noqa: E731
-        lines = ["# what the contgpt explorer shows: save as a file and run it with contgpt's Python environment",
-                 "import sys", f"sys.path.insert(0, {str(ROOT)!r})  # the contgpt checkout", "",
-                 "import torch", "from load import load", "import experiments as ex", "",
-                 f"model, tokenizer = load({self.name!r}, dtype={self.model.precision.name!r})",
-                 f"prompt = {request.prompt!r}"]  # fmt: skip
+        rounded = lambda t: [round(v, 6) for v in t[0].tolist()]
+        lines = [
+            "# what the contgpt explorer shows: save as a file and run it with contgpt's Python environment",
+            "import sys",
+            f"sys.path.insert(0, {str(ROOT)!r})  # the contgpt checkout",
+            "",
+            "import torch",
+            "from load import load",
+            "import experiments as ex",
+            "",
+            f"model, tokenizer = load({self.name!r}, dtype={self.model.precision.name!r})",
+            f"prompt = {request.prompt!r}",
+        ]
         if request.interpolation:
             spec = request.interpolation
-            lines += [f"template = {self.template(request)!r}  # the prompt, {{}} where the word goes",
-                      f"swap = ex.word_swap(model, tokenizer, template, {self.word(request)!r}, {spec['other']!r})",
-                      f"embeds = swap.embeds([{spec['alpha']}], {spec['method']!r})"]  # fmt: skip
+            lines += [
+                f"template = {self.template(request)!r}  # the prompt, {{}} where the word goes",
+                f"swap = ex.word_swap(model, tokenizer, template, {self.word(request)!r}, {spec['other']!r})",
+                f"embeds = swap.embeds([{spec['alpha']}], {spec['method']!r})",
+            ]
             call = "embeds=embeds"
         else:
             lines.append("tokens = torch.tensor(tokenizer.encode(prompt))")
             call = "tokens"
-        lines += [f"positions = torch.tensor({rounded(inputs['positions'])})",
-                  f"durations = torch.tensor({rounded(inputs['durations'])})",
-                  f"logits = model({call}, positions=positions, durations=durations, last_only=True)",
-                  f"answers = {request.answers!r}",
-                  "probs, other = ex.answer_probs(logits[:, -1], tokenizer, answers)",
-                  "top = int(probs[0].argmax())",
-                  'print(f"top answer: {answers[top]} ({100 * probs[0, top]:.1f}%)")',
-                  "for answer, p in zip(answers, probs[0].tolist()):",
-                  '    print(f"{answer:>8} {100 * p:5.1f}%")']  # fmt: skip
+        lines += [
+            f"positions = torch.tensor({rounded(inputs['positions'])})",
+            f"durations = torch.tensor({rounded(inputs['durations'])})",
+            f"logits = model({call}, positions=positions, durations=durations, last_only=True)",
+            f"answers = {request.answers!r}",
+            "probs, other = ex.answer_probs(logits[:, -1], tokenizer, answers)",
+            "top = int(probs[0].argmax())",
+            'print(f"top answer: {answers[top]} ({100 * probs[0, top]:.1f}%)")',
+            "for answer, p in zip(answers, probs[0].tolist()):",
+            '    print(f"{answer:>8} {100 * p:5.1f}%")',
+        ]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------- one at a time
@@ -614,7 +652,7 @@ def handler_for(explorer: Explorer, open_to_network: bool = False):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.close_connection = True
-            write = lambda data: (self.wfile.write((json.dumps(data) + "\n").encode()), self.wfile.flush())  # noqa: E731
+            write = lambda data: (self.wfile.write((json.dumps(data) + "\n").encode()), self.wfile.flush())
 
             def progress(done, total):
                 if self.client_gone():
@@ -665,8 +703,10 @@ def content_policy(page: str) -> str:
     script that runs is its own inline one, named by its hash; it talks to this server only."""
     script = page.split("<script>", 1)[1].split("</script>", 1)[0]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    return (f"default-src 'self'; script-src 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-            f"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+    return (
+        f"default-src 'self'; script-src 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        f"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
 
 
 def unexpected(error: Exception) -> str:
@@ -695,8 +735,10 @@ class Server(ThreadingHTTPServer):
     def process_request(self, request, client_address):
         if not self.connections.acquire(blocking=False):
             try:
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.busy), self.busy))  # fmt: skip
+                request.sendall(
+                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(self.busy), self.busy)
+                )
             except OSError:
                 pass
             return self.shutdown_request(request)

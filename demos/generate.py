@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from demos.cli import add_model_options, load_for_demo  # noqa: E402
-from experiments import save_json, shrink, span_of  # noqa: E402
+from demos.cli import add_model_options, load_for_demo
+from experiments import save_json, shrink, span_of
 
 PROMPT = 'In the sentence "apple apple apple apple", the word apple appears'
 
@@ -45,14 +45,14 @@ def main(argv=None):
     results = {}
     for label, timeline in (("ordinary", None), (f"shrunk ({args.duration})", durations[0])):
         start = time.perf_counter()
-        out = model.generate(torch.tensor(ids), args.max_new_tokens, durations=timeline, temperature=args.temperature,
-                             top_k=args.top_k, seed=args.seed, stop=stop)  # fmt: skip
+        out = model.generate(
+            torch.tensor(ids), args.max_new_tokens, durations=timeline, temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop=stop
+        )
         seconds = time.perf_counter() - start
         text = tokenizer.decode(out)
         results[label] = {"text": text, "tokens": out, "seconds": seconds}
         print(f"{label:>16}: {text!r}\n{'':>16}  ({len(out)} tokens in {seconds:.2f} s, {len(out) / seconds:.1f} tokens/s)")
-    path = save_json({"prompt": args.prompt, "span": span, "duration": args.duration, "model": args.model, **results},
-                     args.out / "generate.json")  # fmt: skip
+    path = save_json({"prompt": args.prompt, "span": span, "duration": args.duration, "model": args.model, **results}, args.out / "generate.json")
     print(f"\nwrote {path}")
 
 

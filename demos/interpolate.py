@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
-from experiments import answer_curves, normalized_lipschitz, variation, word_swap  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report
+from experiments import answer_curves, normalized_lipschitz, variation, word_swap
 
 TEMPLATE = "Question: Are {} red? (yes/no)\nAnswer:"
 
@@ -34,10 +34,20 @@ def main(argv=None):
 
     swap = word_swap(model, tokenizer, args.template, args.a, args.b)
     alphas = torch.linspace(0.0, 1.0, args.samples)
-    print(f"prompt: {args.template.format(args.a)!r} -> {args.b!r}; the word spans {len(swap.durations) - len(swap.left) - len(swap.right)} aligned segments")
-    curves = answer_curves(model, tokenizer, args.answers, alphas, f"alpha ({args.method})",
-                   embeds=swap.embeds(alphas, args.method), durations=swap.durations,
-                   meta={"template": args.template, "a": args.a, "b": args.b, "method": args.method, "model": args.model})  # fmt: skip
+    print(
+        f"prompt: {args.template.format(args.a)!r} -> {args.b!r}; "
+        f"the word spans {len(swap.durations) - len(swap.left) - len(swap.right)} aligned segments"
+    )
+    curves = answer_curves(
+        model,
+        tokenizer,
+        args.answers,
+        alphas,
+        f"alpha ({args.method})",
+        embeds=swap.embeds(alphas, args.method),
+        durations=swap.durations,
+        meta={"template": args.template, "a": args.a, "b": args.b, "method": args.method, "model": args.model},
+    )
     for i, answer in enumerate(curves.answers):
         y = curves.probs[:, i]
         curves.meta[f"variation {answer}"] = variation(y)

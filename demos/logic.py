@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from demos.cli import demo_parser, load_for_demo  # noqa: E402
-from experiments import answer_probs, pyplot, save_figure, save_json, word_swap  # noqa: E402
-from sweep import last_logits  # noqa: E402
+from demos.cli import demo_parser, load_for_demo
+from experiments import answer_probs, pyplot, save_figure, save_json, word_swap
+from sweep import last_logits
 
 TEMPLATE = "Question: What is the truth value of the following statement?\n{x} {{}} {y}\nAnswer (0 or 1): "
 OPERATORS = ["AND", "OR", "NAND", "NOR", "XOR"]
@@ -63,7 +63,7 @@ def plot_pairs(results: dict, alphas, path: Path, model: str) -> None:
         ax.set_title(pair, fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(results):]:
+    for ax in axes.flat[len(results) :]:
         ax.axis("off")
     axes.flat[0].legend(title="input", fontsize=7, title_fontsize=7)
     fig.suptitle(f'P("1" | "1" or "0") while the operator moves a -> b ({model})', fontsize=10)

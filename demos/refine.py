@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from contgpt import RULES  # noqa: E402
-from demos.cli import demo_parser, load_for_demo  # noqa: E402
-from experiments import pyplot, refine, save_figure, save_json  # noqa: E402
-from sweep import last_logits  # noqa: E402
+from contgpt import RULES
+from demos.cli import demo_parser, load_for_demo
+from experiments import pyplot, refine, save_figure, save_json
+from sweep import last_logits
 
 
 def main(argv=None):

@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm import tqdm  # noqa: E402
+from tqdm import tqdm
 
-import paper  # noqa: E402
-import parallel  # noqa: E402
-from demos.cli import add_model_options, load_for_demo  # noqa: E402
-from experiments import answer_probs, pyplot, save_figure, save_json  # noqa: E402
-from precision import resolve  # noqa: E402
-from sweep import last_logits  # noqa: E402
+import paper
+import parallel
+from demos.cli import add_model_options, load_for_demo
+from experiments import answer_probs, pyplot, save_figure, save_json
+from precision import resolve
+from sweep import last_logits
 
 SUBSET = "_every"  # a dataset name's suffix for a --stride subset: <data>_every<K>
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "paperdata" / "reference" / "digitized_official_graphs_approx.json"
@@ -54,8 +54,10 @@ def main(argv=None):
     if args.stride < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--stride and --limit must be at least 1")
     if args.task == "interpolation" and args.stride % len(paper.QUESTION_KINDS) == 0:
-        parser.error(f"--stride {args.stride} would keep one question kind only: interpolation items cycle through "
-                     f"{', '.join(paper.QUESTION_KINDS)}; take a stride that is not a multiple of {len(paper.QUESTION_KINDS)}")  # fmt: skip
+        parser.error(
+            f"--stride {args.stride} would keep one question kind only: interpolation items cycle through "
+            f"{', '.join(paper.QUESTION_KINDS)}; take a stride that is not a multiple of {len(paper.QUESTION_KINDS)}"
+        )
     run(args)
 
 
@@ -71,7 +73,7 @@ def run(args) -> dict | None:
 
 
 def run_in(world, args, started: float) -> dict | None:
-    say = print if world.rank == 0 else (lambda *a, **k: None)  # noqa: E731
+    say = print if world.rank == 0 else (lambda *a, **k: None)
     items = paper.load_items(args.task, args.data)[:: args.stride][: args.limit]
     dataset = (args.data.stem if args.data else "builtin") + (f"{SUBSET}{args.stride}" if args.stride > 1 else "")
     precision = resolve(args.dtype, world.device(args.device))
@@ -81,17 +83,26 @@ def run_in(world, args, started: float) -> dict | None:
     todo = [item for item in items if item["key"] not in done]
     world.barrier()  # every rank has read what is done before any rank appends
     ranks = f" on {world.size} ranks" if world.size > 1 else ""
-    say(f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(items) - len(todo)} already "
-        f"done, {len(todo)} to run{ranks}, {args.samples} samples each")  # fmt: skip
+    say(
+        f"{args.task}: {len(items)} items from {args.data or 'the built-in dataset'}, {len(items) - len(todo)} already "
+        f"done, {len(todo)} to run{ranks}, {args.samples} samples each"
+    )
     if todo:
         run_share(world, args, name, records, todo)
     if world.rank != 0:
         return None
     keys = {item["key"] for item in items}
     merged = records.merge([item["key"] for item in items])
-    summary = {"task": args.task, "model": str(args.model), "dtype": precision.name, "dataset": dataset, "samples": args.samples,
-               "ranks": world.size, "seconds": time.perf_counter() - started,
-               **paper.summarize(args.task, [r for r in merged if r["key"] in keys])}  # fmt: skip
+    summary = {
+        "task": args.task,
+        "model": str(args.model),
+        "dtype": precision.name,
+        "dataset": dataset,
+        "samples": args.samples,
+        "ranks": world.size,
+        "seconds": time.perf_counter() - started,
+        **paper.summarize(args.task, [r for r in merged if r["key"] in keys]),
+    }
     save_json(summary, args.out / f"{name}.summary.json")
     plot(args.task, [r for r in merged if r["key"] in keys], summary, args.out / f"{name}.png")
     say(summary_line(summary))
@@ -107,7 +118,7 @@ def run_share(world, args, name: str, records, todo: list[dict]) -> None:
     error, model, tokenizer = None, None, None
     try:
         model, tokenizer = load_for_demo(args, world)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 (every rank must hear of it, whatever it is)
+    except (Exception, SystemExit) as e:  # every rank must hear of it, whatever it is
         error = f"{type(e).__name__}: {e}"
     world.check(error, f"loading {args.model}")
     order = sorted(todo, key=lambda item: -paper.item_cost(args.task, item, tokenizer, args.samples))
@@ -117,7 +128,7 @@ def run_share(world, args, name: str, records, todo: list[dict]) -> None:
                 out.write(json.dumps(run_item(args.task, order[ticket], model, tokenizer, args.samples)) + "\n")
                 out.flush()
                 bar.update(ticket + 1 - bar.n)  # tickets count the items every rank has taken
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         error = f"{type(e).__name__}: {e}"
     world.check(error, "running the items")
 
@@ -145,8 +156,14 @@ def run_item(task: str, item: dict, model, tokenizer, samples: int) -> dict:
         metrics = paper.sums_metrics(probs, case.info["correct"], case.info["readings"])
     else:
         metrics = paper.interpolation_metrics(case.x, probs)
-    return {"key": case.key, "info": case.info, "x": case.x, "answers": case.answers,
-            "probs": [[round(p, 6) for p in row] for row in probs.tolist()], "metrics": metrics}  # fmt: skip
+    return {
+        "key": case.key,
+        "info": case.info,
+        "x": case.x,
+        "answers": case.answers,
+        "probs": [[round(p, 6) for p in row] for row in probs.tolist()],
+        "metrics": metrics,
+    }
 
 
 def summary_line(s: dict) -> str:
@@ -154,14 +171,19 @@ def summary_line(s: dict) -> str:
     if s["run"] == 0:
         return head
     if s["task"] in ("counting", "events"):
-        return (f"{head}; area under completeness: observed {s['auc_completeness']:.3f}, counterfactual "
-                f"{s['auc_counterfactual']:.3f}; IoU {s['auc_iou']:.3f}; peak rate {s['peak_rate']:.3f}")  # fmt: skip
+        return (
+            f"{head}; area under completeness: observed {s['auc_completeness']:.3f}, counterfactual "
+            f"{s['auc_counterfactual']:.3f}; IoU {s['auc_iou']:.3f}; peak rate {s['peak_rate']:.3f}"
+        )
     if s["task"] == "sums":
-        return (f"{head} ({s['undecidable']} undecidable); valid {s['valid_rate']:.3f}; of valid: successful "
-                f"{s['successful_rate']:.3f}, strongly {s['strongly_rate']:.3f}, completely {s['completely_rate']:.3f}")  # fmt: skip
+        return (
+            f"{head} ({s['undecidable']} undecidable); valid {s['valid_rate']:.3f}; of valid: successful "
+            f"{s['successful_rate']:.3f}, strongly {s['strongly_rate']:.3f}, completely {s['completely_rate']:.3f}"
+        )
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in s["mean_lipschitz_by_kind"].items())
-    return (f"{head}; mean variation {s['mean_variation']:.3f}, share >= 0.05: {s['share_variation_over_0.05']:.3f}; "
-            f"mean normalised Lipschitz: {kinds}")  # fmt: skip
+    return (
+        f"{head}; mean variation {s['mean_variation']:.3f}, share >= 0.05: {s['share_variation_over_0.05']:.3f}; mean normalised Lipschitz: {kinds}"
+    )
 
 
 def plot(task: str, records: list[dict], summary: dict, path: Path) -> None:
@@ -198,12 +220,16 @@ def markdown_table(out: Path, reference: Path) -> str:
     """Counting and events areas beside the paper's six models (digitized from the official
     plots, +-0.02), then the sums and interpolation numbers of every finished run."""
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*.summary.json"))]
-    lines = ["| task | model | dataset | items run | completeness (observed) | completeness (counterfactual) | IoU | peak rate |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| task | model | dataset | items run | completeness (observed) | completeness (counterfactual) | IoU | peak rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         if s["task"] in ("counting", "events") and s["run"]:
-            lines.append(f"| {s['task']} | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['auc_completeness']:.3f} | "
-                         f"{s['auc_counterfactual']:.3f} | {s['auc_iou']:.3f} | {s['peak_rate']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {s['task']} | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | "
+                f"{s['auc_completeness']:.3f} | {s['auc_counterfactual']:.3f} | {s['auc_iou']:.3f} | {s['peak_rate']:.3f} |"
+            )
     if reference.exists():
         ref = json.loads(reference.read_text())
         for task in ("counting", "counting_events"):
@@ -211,20 +237,31 @@ def markdown_table(out: Path, reference: Path) -> str:
                 model = key.split("purity_")[1].removesuffix(".png")
                 iou = ref.get(f"graph__{task}__iou__iou_{model}.png", {}).get("iou", {}).get("auc")
                 row = ref[key]
-                lines.append(f"| {task.replace('counting_', '')} | {model} (paper, digitized) | official | 200/200 | "
-                             f"{row['observed']['auc']:.2f} | {row['counterfactual']['auc']:.2f} | {iou:.2f} | |")  # fmt: skip
+                lines.append(
+                    f"| {task.replace('counting_', '')} | {model} (paper, digitized) | official | 200/200 | "
+                    f"{row['observed']['auc']:.2f} | {row['counterfactual']['auc']:.2f} | {iou:.2f} | |"
+                )
     lines += ["", "| task | model | dataset | items run | valid | successful | strongly | completely |", "|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         if s["task"] == "sums" and s["run"]:
-            lines.append(f"| sums | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['valid_rate']:.3f} | "
-                         f"{s['successful_rate']:.3f} | {s['strongly_rate']:.3f} | {s['completely_rate']:.3f} |")  # fmt: skip
-    lines += ["", "| task | model | dataset | items run | mean variation | share >= 0.05 | Lipschitz: both | neither | first | second |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| sums | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['valid_rate']:.3f} | "
+                f"{s['successful_rate']:.3f} | {s['strongly_rate']:.3f} | {s['completely_rate']:.3f} |"
+            )
+    lines += [
+        "",
+        "| task | model | dataset | items run | mean variation | share >= 0.05 | Lipschitz: both | neither | first | second |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         if s["task"] == "interpolation" and s["run"]:
             k = s["mean_lipschitz_by_kind"]
-            lines.append(f"| interpolation | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | {s['mean_variation']:.3f} | "
-                         f"{s['share_variation_over_0.05']:.3f} | " + " | ".join(f"{k.get(q, float('nan')):.2f}" for q in paper.QUESTION_KINDS) + " |")  # fmt: skip
+            lines.append(
+                f"| interpolation | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['run']}/{s['items']} | "
+                f"{s['mean_variation']:.3f} | {s['share_variation_over_0.05']:.3f} | "
+                + " | ".join(f"{k.get(q, float('nan')):.2f}" for q in paper.QUESTION_KINDS)
+                + " |"
+            )
     lines += ["", "| task | model | dataset | runtime | command |", "|---|---|---|---|---|"]
     for s in summaries:
         lines.append(f"| {s['task']} | {s['model']} ({s.get('dtype', 'float32')}) | {s['dataset']} | {s['seconds'] / 60:.0f} min | `{command(s)}` |")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
+from translate import parser, run
 
-from experiments import scale  # noqa: E402
-from translate import parser, run  # noqa: E402
+from experiments import scale
 
 
 def main(argv=None):

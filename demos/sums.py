@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
-from experiments import digit_sweep, span_of  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report
+from experiments import digit_sweep, span_of
 
 PROMPT = "The sum of {a} and {b} is "
 
@@ -29,14 +29,23 @@ def main(argv=None):
     prompt = PROMPT.format(a=args.a, b=args.b)
     at = prompt.rindex(str(args.b))
     ids, span = span_of(tokenizer, prompt, [(at, at + 2)])
-    readings = {f"{args.a}+{args.b}": args.a + args.b, f"{args.a}+{args.b // 10}": args.a + args.b // 10,
-                f"{args.a}+{args.b % 10}": args.a + args.b % 10}  # fmt: skip
+    readings = {
+        f"{args.a}+{args.b}": args.a + args.b,
+        f"{args.a}+{args.b // 10}": args.a + args.b // 10,
+        f"{args.a}+{args.b % 10}": args.a + args.b % 10,
+    }
     print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")
     print("first digits: " + ", ".join(f"{k} = {v} -> {str(v)[0]}" for k, v in readings.items()))
 
     curves = digit_sweep(model, tokenizer, ids, span, args.samples, {"prompt": prompt, "readings": readings, "model": args.model})
-    report(curves, args.out, "sums", f"{args.a} + {args.b}, the {args.b} lasting c ({args.model})", started,
-           show=sorted({str(v)[0] for v in readings.values()}))  # fmt: skip
+    report(
+        curves,
+        args.out,
+        "sums",
+        f"{args.a} + {args.b}, the {args.b} lasting c ({args.model})",
+        started,
+        show=sorted({str(v)[0] for v in readings.values()}),
+    )
 
 
 if __name__ == "__main__":

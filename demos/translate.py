@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from demos.cli import demo_parser, load_for_demo, report  # noqa: E402
-from experiments import Curves, answer_probs, shift, tracked_above  # noqa: E402
-from sweep import last_logits  # noqa: E402
+from demos.cli import demo_parser, load_for_demo, report
+from experiments import Curves, answer_probs, shift, tracked_above
+from sweep import last_logits
 
 
 def run(args, name, xlabel, factors, timeline, title):

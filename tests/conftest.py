@@ -26,16 +26,29 @@ needs_stories = pytest.mark.skipif(not (STORIES / "model.safetensors").exists(),
 
 VOCAB = 101
 COMMON = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
-)  # fmt: skip
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
 
 # One tiny checkpoint per family and per feature worth checking; each differs from Llama where its
 # family does. Values are chosen so every quirk changes the output (small soft-caps, a llama3
 # RoPE whose ramp covers one frequency, head_dim unequal to hidden / heads, a window of 4 < T).
 TINY = {
-    "llama3": ("LlamaConfig", dict(head_dim=16, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-               high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0))),
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            head_dim=16,
+            rope_scaling=dict(
+                rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0
+            ),
+        ),
+    ),
     "llama_linear": ("LlamaConfig", dict(attention_bias=True, mlp_bias=True, rope_scaling=dict(rope_type="linear", factor=2.5))),
     "llama_tied": ("LlamaConfig", dict(tie_word_embeddings=True)),
     "mistral": ("MistralConfig", dict(sliding_window=4)),
@@ -43,19 +56,29 @@ TINY = {
     "qwen2": ("Qwen2Config", dict(rope_theta=1e6)),
     "qwen3": ("Qwen3Config", dict(head_dim=16, rope_theta=1e6)),
     "gemma": ("GemmaConfig", dict(head_dim=16)),
-    "gemma2": ("Gemma2Config", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
-               attn_logit_softcapping=3.0, final_logit_softcapping=2.0)),
-    "gemma3": ("Gemma3TextConfig", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12,
-               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-               rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
-                                "sliding_attention": dict(rope_type="default", rope_theta=1e4)})),
+    "gemma2": (
+        "Gemma2Config",
+        dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=12, attn_logit_softcapping=3.0, final_logit_softcapping=2.0),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(
+            head_dim=16,
+            sliding_window=4,
+            query_pre_attn_scalar=12,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e6),
+                "sliding_attention": dict(rope_type="default", rope_theta=1e4),
+            },
+        ),
+    ),
     "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5)),
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "smollm3": ("SmolLM3Config", dict(num_hidden_layers=4, no_rope_layer_interval=2)),  # layers 2 and 4 without RoPE
     "olmo2": ("Olmo2Config", dict()),
-    "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5,
-                                      logits_scaling=2.5)),
-}  # fmt: skip
+    "granite": ("GraniteConfig", dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5, logits_scaling=2.5)),
+}
 SLIDING_ALL = {"mistral"}  # every layer slides; the others mix sliding and global layers
 
 
@@ -190,23 +213,77 @@ def random_timeline(B: int, T: int, seed: int = 0):
 def varied_strings(n: int = 240, seed: int = 0) -> list[str]:
     """Hand-picked hard cases, then random mixtures of scripts, digits, whitespace and code."""
     fixed = [
-        "", " ", "  ", "\n", "\n\n", "\t", " \n ", "Hello world", " Hello world", "Hello  world  ",
-        "hello\nworld", "hello\n\nworld", "hello \n world", "\r\nwindows\r\nlines", "tab\tseparated\tvalues",
-        "I'm", "you're", "they'LL", "it's", "We'VE", "don't", "'s", "12", "123", "1234", "12345",
-        "3.14159", "1,000,000", "2024-05-01", "a1b2c3", " 42", "x=1;y=2", "0x1F", "1e-5",
-        "café", "naïve résumé", "Ελληνικά", "русский текст", "日本語のテキスト", "中文字符", "한국어",
-        "العربية", "עברית", "हिन्दी", "🙂", "🙂🙂 emoji 👍🏽", "👨‍👩‍👧", "€100", "£ and ¥", "ﬁ ligature",
-        "def f(x):\n    return x ** 2\n", "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}",
-        "<html><body>hi</body></html>", "SELECT * FROM t WHERE a = 'b';", "    indented", "a" * 30,
-        "The quick brown fox jumps over the lazy dog.", "UPPER lower MiXeD", "e.g. i.e. etc.",
-        "!!!???...", "(parenthesis) [brackets] {braces}", "mail@example.com", "https://example.com/a?b=c",
-        "apple apple apple apple", 'Question: In the sentence "apple apple apple apple", how many times?',
+        "",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        " \n ",
+        "Hello world",
+        " Hello world",
+        "Hello  world  ",
+        "hello\nworld",
+        "hello\n\nworld",
+        "hello \n world",
+        "\r\nwindows\r\nlines",
+        "tab\tseparated\tvalues",
+        "I'm",
+        "you're",
+        "they'LL",
+        "it's",
+        "We'VE",
+        "don't",
+        "'s",
+        "12",
+        "123",
+        "1234",
+        "12345",
+        "3.14159",
+        "1,000,000",
+        "2024-05-01",
+        "a1b2c3",
+        " 42",
+        "x=1;y=2",
+        "0x1F",
+        "1e-5",
+        "café",
+        "naïve résumé",
+        "Ελληνικά",
+        "русский текст",
+        "日本語のテキスト",
+        "中文字符",
+        "한국어",
+        "العربية",
+        "עברית",
+        "हिन्दी",
+        "🙂",
+        "🙂🙂 emoji 👍🏽",
+        "👨‍👩‍👧",
+        "€100",
+        "£ and ¥",
+        "ﬁ ligature",
+        "def f(x):\n    return x ** 2\n",
+        "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}",
+        "<html><body>hi</body></html>",
+        "SELECT * FROM t WHERE a = 'b';",
+        "    indented",
+        "a" * 30,
+        "The quick brown fox jumps over the lazy dog.",
+        "UPPER lower MiXeD",
+        "e.g. i.e. etc.",
+        "!!!???...",
+        "(parenthesis) [brackets] {braces}",
+        "mail@example.com",
+        "https://example.com/a?b=c",
+        "apple apple apple apple",
+        'Question: In the sentence "apple apple apple apple", how many times?',
     ]
     pools = [
         ["the", "cat", "apple", "running", "Question", "answer", "über", "façade", "日本", "мир", "🙂", "σ"],
         ["0", "7", "42", "2024", "3.5", "100000"],
         [" ", "  ", "   ", "\n", "\n\n", "\t", " \n", "\r\n"],
-        [".", ",", "!", "?", "'s", "'ll", "-", "_", "(", ")", "{", "}", ":", ";", "\"", "#", "/", "*"],
+        [".", ",", "!", "?", "'s", "'ll", "-", "_", "(", ")", "{", "}", ":", ";", '"', "#", "/", "*"],
         ["def", "return", "=", "==", "->", "x[i]", "f(x)", "//", "/*", "*/", "0x", "\\n"],
     ]
     rng = random.Random(seed)
@@ -226,11 +303,19 @@ def trained_spm(tmp_path_factory):
 
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(varied_strings(3000, seed=1)), model_writer=out, vocab_size=600,
-        model_type="bpe", byte_fallback=True, split_digits=True, character_coverage=0.999,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
-        add_dummy_prefix=True, minloglevel=2,
-    )  # fmt: skip
+        sentence_iterator=iter(varied_strings(3000, seed=1)),
+        model_writer=out,
+        vocab_size=600,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=0.999,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        minloglevel=2,
+    )
     path = tmp_path_factory.mktemp("spm") / "tokenizer.model"
     path.write_bytes(out.getvalue())
     return path
@@ -274,8 +359,9 @@ def llama3_tokenizer_file() -> Path:
     """The official Llama 3 tiktoken file, from the llama-models 0.3.0 wheel, hash-checked, cached."""
     from download import Release, fetch_assembled
 
-    wheel = Release("llama-models", "0.3.0", "llama_models-0.3.0-py3-none-any.whl",
-                    "7f77f78ff13fca09f70d76a376aff6414cd901623fb9d57e69c2f8367a73032f")  # fmt: skip
+    wheel = Release(
+        "llama-models", "0.3.0", "llama_models-0.3.0-py3-none-any.whl", "7f77f78ff13fca09f70d76a376aff6414cd901623fb9d57e69c2f8367a73032f"
+    )
     sha = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
     dest = CACHE / "reference" / "llama3-tokenizer.model"
     return fetch_or_skip(lambda: fetch_assembled([(wheel, "llama_models/llama3/tokenizer.model")], sha, dest))
@@ -289,8 +375,9 @@ def llama_cpp_vocab_dir() -> Path:
     llama-cpp-python 0.3.36 source archive (read, never built), hash-checked, cached."""
     from download import Release, fetch_members
 
-    sdist = Release("llama-cpp-python", "0.3.36", "llama_cpp_python-0.3.36.tar.gz",
-                    "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")  # fmt: skip
+    sdist = Release(
+        "llama-cpp-python", "0.3.36", "llama_cpp_python-0.3.36.tar.gz", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+    )
     base = "llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-"
     members = [f"{base}{v}.gguf{ext}" for v in LLAMA_CPP_VOCABS for ext in ("", ".inp", ".out")]
     return fetch_or_skip(lambda: fetch_members(sdist, members, CACHE / "reference" / "llama.cpp-vocab"))
@@ -313,6 +400,7 @@ def tiny_explorer_model(tokenizer, scale: float, dtype: torch.dtype = torch.floa
             p.copy_(scale * torch.randn(p.shape, generator=g))
     model.precision = resolve(dtype, torch.device("cpu"))
     return model.to(dtype).eval()
+
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -16,11 +16,11 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import ROOT
 
 import download
 import experiments as ex
 import parallel
+from conftest import ROOT
 
 OLD = b'{"key": "old", "value": "the file as it was"}\n'
 
@@ -94,10 +94,8 @@ def merge(path, data: bytes):
     parallel.Records(path.parent, path.name.removesuffix(".jsonl"), 0).merge([str(k) for k in range(100)])
 
 
-WRITERS = {"download.write_atomic": write_atomic, "experiments.save_json": save_json,
-           "experiments.save_figure": save_figure, "Records.merge": merge}  # fmt: skip
-NAMES = {"download.write_atomic": "file.bin", "experiments.save_json": "out.json",
-         "experiments.save_figure": "out.png", "Records.merge": "run.jsonl"}  # fmt: skip
+WRITERS = {"download.write_atomic": write_atomic, "experiments.save_json": save_json, "experiments.save_figure": save_figure, "Records.merge": merge}
+NAMES = {"download.write_atomic": "file.bin", "experiments.save_json": "out.json", "experiments.save_figure": "out.png", "Records.merge": "run.jsonl"}
 
 
 @pytest.mark.parametrize("writer", WRITERS)

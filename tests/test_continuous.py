@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, assert_close, random_timeline
 
+from conftest import VOCAB, assert_close, random_timeline
 from load import load
 
 T = 9
@@ -158,7 +158,7 @@ def slow_reference(model, tokens, positions, durations, rule, weights_out=None):
 
     x = sd["model.embed_tokens.weight"][tokens]
     for layer in range(cfg.n_layers):
-        p = lambda name: sd[f"model.layers.{layer}.{name}"]  # noqa: E731
+        p = lambda name, layer=layer: sd[f"model.layers.{layer}.{name}"]
         h = norm(x, p("input_layernorm.weight"))
         q = (h @ p("self_attn.q_proj.weight").T + p("self_attn.q_proj.bias")).view(-1, H, hd)
         k = (h @ p("self_attn.k_proj.weight").T + p("self_attn.k_proj.bias")).view(-1, Hkv, hd)
@@ -169,10 +169,7 @@ def slow_reference(model, tokens, positions, durations, rule, weights_out=None):
             for head in range(H):
                 kv = head // (H // Hkv)
                 qi = rope(q[i, head], positions[i])
-                scores = [
-                    (qi @ rope(k[j, kv], key_pos[j])).item() / math.sqrt(hd) + math.log(durations[j])
-                    for j in range(i + 1)
-                ]
+                scores = [(qi @ rope(k[j, kv], key_pos[j])).item() / math.sqrt(hd) + math.log(durations[j]) for j in range(i + 1)]
                 weights = torch.tensor(scores, dtype=torch.float64).softmax(0)
                 layer_weights[head, i, : i + 1] = weights
                 attn[i, head] = sum(weights[j] * v[j, kv] for j in range(i + 1))
@@ -254,10 +251,14 @@ def test_rope_angles_are_float32_from_real_positions_in_any_dtype(qwen, tokens):
         (dict(positions=torch.tensor([0.0, 1.0, 1.0])), r"position 2 of example 0 does not come after .* \(gap 0.0\)"),
         (dict(positions=torch.tensor([-3e38, 3e38, 3.1e38])), r"durations \(the gaps between positions\) must be finite"),
         (dict(positions=torch.tensor([0.0, 1.0, 2e6])), r"positions must lie within \+-1048576 \(2\*\*20\), but at \[0, 2\]"),
-        (dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([1.0, 1.0, 3e6]), rule="left"),
-         r"key positions \(rule 'left': position - duration\) must lie within .* at \[0, 2\]"),
-        (dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([3e38, 1.0, 1.0]), rule="midpoint"),
-         r"key positions \(rule 'midpoint': position - duration / 2\) must lie within .* at \[0, 0\]"),
+        (
+            dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([1.0, 1.0, 3e6]), rule="left"),
+            r"key positions \(rule 'left': position - duration\) must lie within .* at \[0, 2\]",
+        ),
+        (
+            dict(positions=torch.tensor([0.0, 1.0, 2.0]), durations=torch.tensor([3e38, 1.0, 1.0]), rule="midpoint"),
+            r"key positions \(rule 'midpoint': position - duration / 2\) must lie within .* at \[0, 0\]",
+        ),
         (dict(positions=torch.zeros(4)), r"positions must have shape \(3,\) or \(B, 3\) to match the input, not \(4,\)"),
         (dict(durations=torch.ones(2, 3, 1)), r"durations must have shape"),
         (dict(durations=torch.ones(0, 3)), r"durations hold an empty batch \(0, 3\)"),
@@ -275,7 +276,9 @@ def test_negative_positions_are_allowed_and_shift_invariant(qwen, tokens):
     """Positions are any real numbers within range, negative ones too (a timeline is defined up
     to a shift; the left rule puts keys before 0 anyway)."""
     positions, durations = random_timeline(1, T, seed=14)
-    assert_close(qwen(tokens, positions=positions - 50, durations=durations), qwen(tokens, positions=positions, durations=durations), 1e-4)  # measured 1.2e-5
+    assert_close(
+        qwen(tokens, positions=positions - 50, durations=durations), qwen(tokens, positions=positions, durations=durations), 1e-4
+    )  # measured 1.2e-5
 
 
 def test_bad_inputs_raise(qwen):

@@ -10,10 +10,10 @@ import unicodedata
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, fetch_or_skip, for_dtype, llama3_tokenizer_file, llama_cpp_vocab_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import VOCAB, assert_close, fetch_or_skip, for_dtype, llama3_tokenizer_file, llama_cpp_vocab_dir
 from contgpt import KVCache
 from load import load
 from sweep import last_logits
@@ -155,12 +155,11 @@ def fuzzed(prop, *strategies):
     return full, quick
 
 
-test_every_call_is_logits_or_a_value_error, test_every_call_is_logits_or_a_value_error_quick = fuzzed(
-    every_call_is_logits_or_a_value_error, calls())
+test_every_call_is_logits_or_a_value_error, test_every_call_is_logits_or_a_value_error_quick = fuzzed(every_call_is_logits_or_a_value_error, calls())
 test_a_valid_call_equals_a_cached_prefix_and_its_continuation, test_a_valid_call_equals_a_cached_prefix_quick = fuzzed(
-    a_valid_call_equals_a_cached_prefix_and_its_continuation, calls(), st.data())
-test_last_logits_equals_plain_forwards, test_last_logits_equals_plain_forwards_quick = fuzzed(
-    last_logits_equals_plain_forwards, calls())
+    a_valid_call_equals_a_cached_prefix_and_its_continuation, calls(), st.data()
+)
+test_last_logits_equals_plain_forwards, test_last_logits_equals_plain_forwards_quick = fuzzed(last_logits_equals_plain_forwards, calls())
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -172,8 +171,10 @@ def byte_level(trained_bpe_json):
     from gguf_file import GGUFFile
     from tokenizer import Tokenizer, gguf_tokenizer_files
 
-    found = {"trained": (Tokenizer.from_file(trained_bpe_json), None),
-             "llama3 (tiktoken)": (Tokenizer.from_file(fetch_or_skip(llama3_tokenizer_file)), None)}  # fmt: skip
+    found = {
+        "trained": (Tokenizer.from_file(trained_bpe_json), None),
+        "llama3 (tiktoken)": (Tokenizer.from_file(fetch_or_skip(llama3_tokenizer_file)), None),
+    }
     folder = fetch_or_skip(llama_cpp_vocab_dir)
     for vocab, normal in (("llama-bpe", None), ("qwen2", "NFC")):
         files = gguf_tokenizer_files(GGUFFile(folder / f"ggml-vocab-{vocab}.gguf").metadata)

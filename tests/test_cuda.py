@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import TINY, VOCAB, random_timeline, reference_mask, reference_model
 
 import precision
+from conftest import TINY, VOCAB, random_timeline, reference_mask, reference_model
 from load import load
 from sweep import last_logits
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+
 from conftest import CACHE, ROOT, fetch_or_skip
 
 pytestmark = pytest.mark.slow  # every demo end to end on the real default model
@@ -25,8 +26,9 @@ def default_model():
 
 def run_demo(name, out, *args):
     env = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
-    done = subprocess.run([sys.executable, str(ROOT / "demos" / f"{name}.py"), "--out", str(out), *args],
-                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / f"{name}.py"), "--out", str(out), *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -10,6 +10,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "tutorials" / "README.md"]
@@ -37,7 +38,7 @@ def test_python_blocks_run(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # whatever a block writes lands here
     namespace = {"__name__": "__docs__"}
     for i, code in enumerate(blocks(page, "python"), start=1):
-        exec(compile(code, f"{page.name}, python block {i}", "exec"), namespace)  # noqa: S102 (our own docs)
+        exec(compile(code, f"{page.name}, python block {i}", "exec"), namespace)  # our own docs
 
 
 def shell_commands(page) -> list[str]:

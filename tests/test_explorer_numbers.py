@@ -18,9 +18,9 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import assert_close, for_dtype, tiny_explorer_model
 
 import experiments as ex
+from conftest import assert_close, for_dtype, tiny_explorer_model
 from contgpt import KVCache
 from demos import explore
 from sweep import last_logits
@@ -78,8 +78,11 @@ def test_a_prediction_is_the_library_call_the_page_makes(explorer, keep):
     assert data["positions"] == placed["positions"][0].tolist()
     with torch.no_grad():
         whole = model(torch.tensor(ids), **placed, last_only=True)[:, -1]
-    assert_close(torch.tensor([data["answers"][a] for a in ANSWERS]), ex.answer_probs(whole, tokenizer, ANSWERS)[0][0],
-                 probability_tolerance(model.dtype, whole))  # fmt: skip
+    assert_close(
+        torch.tensor([data["answers"][a] for a in ANSWERS]),
+        ex.answer_probs(whole, tokenizer, ANSWERS)[0][0],
+        probability_tolerance(model.dtype, whole),
+    )
 
 
 def test_the_attention_before_is_a_plain_forward_s(explorer):
@@ -125,8 +128,7 @@ def test_the_server_answers_what_the_explorer_computes(explorer):
         _, durations, _ = timeline(explorer, 0.7, False)
         body = {"prompt": PROMPT, "answers": ANSWERS, "layer": 1, "durations": durations}
         direct = explorer.predict(body)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/predict", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/predict", json.dumps(body).encode(), {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             served = json.loads(response.read())
     finally:

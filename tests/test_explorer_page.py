@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-from conftest import SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
 
+from conftest import SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
 from demos import explore
 from tokenizer import Tokenizer
 
@@ -228,7 +228,9 @@ def test_the_attention_chart_labels_its_tokens_and_shows_the_change(page):
     last = browser.execute_script("return window.explorer.state.last")
     change = [a - b for a, b in zip(last["attention"]["after"], last["attention"]["before"], strict=True)]
     assert max(abs(c) for c in change) > 0
-    browser.execute_script("document.getElementById('attention-view').value = 'weights'; document.getElementById('attention-view').dispatchEvent(new Event('change'))")
+    browser.execute_script(
+        "document.getElementById('attention-view').value = 'weights'; document.getElementById('attention-view').dispatchEvent(new Event('change'))"
+    )
     seen = browser.execute_script(chart)
     assert len(seen["dashed"]) == len(seen["filled"]) == n and "NaN" not in seen["html"]
     assert seen["dashed"][:2] == seen["filled"][:2] and seen["dashed"][-1] > seen["filled"][-1]  # before: the unshrunk timeline
@@ -246,7 +248,8 @@ def test_a_page_of_another_origin_cannot_frame_the_explorer(page, monkeypatch):
     explorer, _, browser, url = page
     asked = []
     for name in ("info", "tokenize", "predict"):
-        monkeypatch.setattr(explorer, name, lambda *args, name=name, original=getattr(explorer, name): asked.append(name) or original(*args))
+        original = getattr(explorer, name)
+        monkeypatch.setattr(explorer, name, lambda *args, name=name, original=original: asked.append(name) or original(*args))
 
     class Framing(BaseHTTPRequestHandler):
         def do_GET(self):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_explorer_model
 
+from conftest import tiny_explorer_model
 from demos import explore
 from tokenizer import Tokenizer
 
@@ -111,7 +111,7 @@ def test_an_interpolation_is_read_in_code_points(explorer):
 
 def test_interpolation_bounds(explorer):
     L = len(PROMPT)
-    parse = lambda **changes: explorer.parse(body(interpolation=interpolation(**changes)))  # noqa: E731
+    parse = lambda **changes: explorer.parse(body(interpolation=interpolation(**changes)))
     refused(lambda: explorer.parse(body(interpolation=[6, 11])), "interpolation must be an object {start, end, other, alpha, method}")
     refused(lambda: parse(start=0, end=0), "select the word to interpolate: click its token in the timeline")
     assert parse(start=0, end=L).interpolation["end"] == L
@@ -124,10 +124,14 @@ def test_interpolation_bounds(explorer):
     refused(lambda: parse(method="cubic"), "method must be linear or slerp")
     for alpha in (-0.01, 1.01, math.nan):
         refused(lambda: parse(alpha=alpha), f"alpha must be a number in [0, 1], not {alpha!r}")
-    refused(lambda: explorer.parse(body(prompt="🍎 apple", interpolation=interpolation(start=1, end=4))),
-            "start = 1 falls inside a character (UTF-16 offsets must be at character boundaries)")  # fmt: skip
-    refused(lambda: explorer.parse(body(prompt="apple 🍎", interpolation=interpolation(start=0, end=7))),
-            "end = 7 falls inside a character (UTF-16 offsets must be at character boundaries)")  # fmt: skip
+    refused(
+        lambda: explorer.parse(body(prompt="🍎 apple", interpolation=interpolation(start=1, end=4))),
+        "start = 1 falls inside a character (UTF-16 offsets must be at character boundaries)",
+    )
+    refused(
+        lambda: explorer.parse(body(prompt="apple 🍎", interpolation=interpolation(start=0, end=7))),
+        "end = 7 falls inside a character (UTF-16 offsets must be at character boundaries)",
+    )
 
 
 def test_utf16_units_count_two_only_past_the_basic_plane():
@@ -171,7 +175,7 @@ def test_an_interpolation_sweep_runs_alpha_from_0_to_1(explorer):
 
 
 def test_sweep_bounds(explorer):
-    plan = lambda **changes: explorer.sweep_plan(body(**{"selected": [1], "low": 0.1, "high": 1.0, "points": 10, **changes}))  # noqa: E731
+    plan = lambda **changes: explorer.sweep_plan(body(**{"selected": [1], "low": 0.1, "high": 1.0, "points": 10, **changes}))
     T = n_tokens(explorer)
     assert len(plan(points=2)[1]) == 2 and len(plan(points=200)[1]) == 200
     for bad in (1, 201, 10.0, None):
@@ -192,9 +196,11 @@ def test_the_sweep_work_cap_is_points_times_tokens(explorer, monkeypatch):
     T = n_tokens(explorer)
     monkeypatch.setattr(explore, "MAX_SWEEP_WORK", 10 * T)
     assert len(explorer.sweep_plan(body(selected=[0], low=0.1, high=1.0, points=10))[1]) == 10  # exactly the cap
-    refused(lambda: explorer.sweep_plan(body(selected=[0], low=0.1, high=1.0, points=11)),
-            f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
-            "use fewer points or a shorter prompt")  # fmt: skip
+    refused(
+        lambda: explorer.sweep_plan(body(selected=[0], low=0.1, high=1.0, points=11)),
+        f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
+        "use fewer points or a shorter prompt",
+    )
 
 
 def test_an_interpolation_sweep_is_capped_before_its_embeddings_are_built(explorer, monkeypatch):
@@ -202,9 +208,11 @@ def test_an_interpolation_sweep_is_capped_before_its_embeddings_are_built(explor
     monkeypatch.setattr(explore, "MAX_SWEEP_WORK", 10 * T)
     assert len(explorer.sweep_plan(body(interpolation=interpolation(), points=10))[1]) == 10  # exactly the cap
     monkeypatch.setattr(explorer, "inputs", lambda *args: pytest.fail("inputs built for a sweep past the cap"))
-    refused(lambda: explorer.sweep_plan(body(interpolation=interpolation(), points=11)),
-            f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
-            "use fewer points or a shorter prompt")  # fmt: skip
+    refused(
+        lambda: explorer.sweep_plan(body(interpolation=interpolation(), points=11)),
+        f"a sweep of 11 points over {T} tokens is more than the explorer runs at once ({10 * T:,} points x tokens); "
+        "use fewer points or a shorter prompt",
+    )
 
 
 HUGE = 10**400  # json.loads reads it as an int; math.isfinite would raise OverflowError on it
@@ -254,5 +262,7 @@ def test_one_rule_for_text_in_every_endpoint(explorer):
     for endpoint in (explorer.tokenize, explorer.parse, explorer.predict, explorer.sweep_plan):
         refused(lambda: endpoint(body(prompt=lone, selected=[0], points=2, low=0.5, high=1)), message)
     refused(lambda: explorer.parse(body(answers=["1", "\udc00"])), message.replace("prompt", "answers[1]").replace("character 6", "character 0"))
-    refused(lambda: explorer.parse(body(interpolation=interpolation(other="pe\ud800r"))),
-            message.replace("prompt", "the second word").replace("character 6", "character 2"))  # fmt: skip
+    refused(
+        lambda: explorer.parse(body(interpolation=interpolation(other="pe\ud800r"))),
+        message.replace("prompt", "the second word").replace("character 6", "character 2"),
+    )

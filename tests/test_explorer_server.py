@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-from conftest import tiny_explorer_model
 
+from conftest import tiny_explorer_model
 from demos import explore
 from tokenizer import Tokenizer
 
@@ -75,13 +75,16 @@ def test_the_page_s_own_requests_are_served(server):
     assert post(port, "/api/predict", PREDICT, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
 
 
-@pytest.mark.parametrize("headers, status, reason", [
-    ({"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}, 403, "answers to http://127.0.0.1"),  # DNS rebinding
-    ({"Origin": "http://evil.example"}, 403, "another origin"),
-    ({"Origin": "null"}, 403, "another origin"),
-    ({"Content-Type": "text/plain"}, 415, "application/json"),  # what a page elsewhere can send without preflight
-    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers, status, reason",
+    [
+        ({"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}, 403, "answers to http://127.0.0.1"),  # DNS rebinding
+        ({"Origin": "http://evil.example"}, 403, "another origin"),
+        ({"Origin": "null"}, 403, "another origin"),
+        ({"Content-Type": "text/plain"}, 415, "application/json"),  # what a page elsewhere can send without preflight
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+    ],
+)
 def test_nothing_another_origin_could_send_is_computed(server, headers, status, reason):
     explorer, port = server
     before = explorer.predictions
@@ -107,8 +110,10 @@ def test_slow_senders_hold_no_slot_and_are_dropped(server):
     slow = []
     for _ in range(40):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: 1000\r\n\r\n{{\"prompt\":".encode())  # fmt: skip
+        s.sendall(
+            f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f'Content-Length: 1000\r\n\r\n{{"prompt":'.encode()
+        )
         slow.append(s)
     started = time.perf_counter()
     assert post(port, "/api/predict", PREDICT)[0] == 200
@@ -126,8 +131,7 @@ def test_an_abandoned_sweep_stops_at_its_next_batch(server, capfd):
     explorer, port = server
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     body = {**PREDICT, "points": 5, "selected": [0], "low": 0.5, "high": 1.0}
-    connection.request("POST", "/api/sweep", json.dumps(body).encode(),
-                       {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"})  # fmt: skip
+    connection.request("POST", "/api/sweep", json.dumps(body).encode(), {"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{port}"})
     response = connection.getresponse()
     assert json.loads(response.fp.readline()) == {"done": 1, "total": 100}
     response.close()  # the page cancelled, or moved on: its end of the connection closes
@@ -186,8 +190,10 @@ def test_a_checked_header_sent_twice_is_refused(server, doubled):
     explorer, port = server
     before = explorer.predictions
     body = json.dumps(PREDICT).encode()
-    head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n{doubled}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")  # fmt: skip
+    head = (
+        f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n{doubled}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
     status, answer = raw_request(port, head, body)
     name = doubled.split(":")[0]
     assert status == 400 and answer["error"] == f"the request carries the {name} header more than once"
@@ -311,8 +317,10 @@ def test_a_client_that_half_closes_after_sending_gets_its_prediction(server):
     _, port = server
     body = json.dumps(PREDICT).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        s.sendall(
+            f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         s.shutdown(socket.SHUT_WR)  # nothing more to send; still reading
         answer = b""
         while chunk := s.recv(65536):

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CACHE, LLAMA_CPP_VOCABS, assert_close, fetch_or_skip, llama_cpp_vocab_dir, reference_mask
 
 import download
 import load as load_module
+from conftest import CACHE, LLAMA_CPP_VOCABS, assert_close, fetch_or_skip, llama_cpp_vocab_dir, reference_mask
 from download import DownloadError
 from gguf_file import FORMATS, GGUFFile
 from load import load
@@ -39,9 +39,14 @@ def tiny_hf_state(seed=0):
 
     c = TINY_GGUF
     config = transformers.LlamaConfig(
-        vocab_size=c["vocab"], hidden_size=c["hidden"], intermediate_size=c["ff"], num_hidden_layers=c["layers"],
-        num_attention_heads=c["heads"], num_key_value_heads=c["kv_heads"], rope_theta=10000.0,
-    )  # fmt: skip
+        vocab_size=c["vocab"],
+        hidden_size=c["hidden"],
+        intermediate_size=c["ff"],
+        num_hidden_layers=c["layers"],
+        num_attention_heads=c["heads"],
+        num_key_value_heads=c["kv_heads"],
+        rope_theta=10000.0,
+    )
     model = transformers.LlamaForCausalLM(config)
     randomize(model, seed)
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
@@ -94,9 +99,17 @@ def write_tiny_gguf(path, types=("F16",), extra=None, vocabulary=True):
         writer.add_token_types([1] * len(tokens))
         writer.add_token_merges([])
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    layer = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for i in range(c["layers"]):
         names.update({f"model.layers.{i}.{k}.weight": f"blk.{i}.{v}.weight" for k, v in layer.items()})
     matrices = 0
@@ -234,45 +247,105 @@ def test_unsupported_architecture(tmp_path):
 # rotary-dimension keys, and assumes a query scale of 256), against that reader too.
 GGUF_FAMILIES = {
     "gemma": ("gemma", "GemmaConfig", dict(head_dim=16), False),
-    "gemma2": ("gemma2", "Gemma2Config", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
-                                              sliding_window=4, query_pre_attn_scalar=256), True),
-    "gemma2_softcaps": ("gemma2", "Gemma2Config", dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
-                                                       attn_logit_softcapping=3.0, final_logit_softcapping=2.0), False),
-    "gemma3": ("gemma3", "Gemma3TextConfig", dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1,
-                                                  sliding_window=4, num_hidden_layers=6, query_pre_attn_scalar=256,
-                                                  rope_parameters={"full_attention": dict(rope_type="default", rope_theta=1e6),
-                                                                   "sliding_attention": dict(rope_type="default", rope_theta=1e4)}), True),
+    "gemma2": (
+        "gemma2",
+        "Gemma2Config",
+        dict(head_dim=256, num_attention_heads=2, num_key_value_heads=1, sliding_window=4, query_pre_attn_scalar=256),
+        True,
+    ),
+    "gemma2_softcaps": (
+        "gemma2",
+        "Gemma2Config",
+        dict(head_dim=16, sliding_window=4, query_pre_attn_scalar=16, attn_logit_softcapping=3.0, final_logit_softcapping=2.0),
+        False,
+    ),
+    "gemma3": (
+        "gemma3",
+        "Gemma3TextConfig",
+        dict(
+            head_dim=256,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            sliding_window=4,
+            num_hidden_layers=6,
+            query_pre_attn_scalar=256,
+            rope_parameters={
+                "full_attention": dict(rope_type="default", rope_theta=1e6),
+                "sliding_attention": dict(rope_type="default", rope_theta=1e4),
+            },
+        ),
+        True,
+    ),
     "phi3": ("phi3", "Phi3Config", dict(), True),
     "qwen3": ("qwen3", "Qwen3Config", dict(head_dim=128), True),  # transformers' reader assumes 128
     "mixtral": ("llama", "MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2), False),  # experts stacked
     "smollm3": ("smollm3", "SmolLM3Config", dict(num_hidden_layers=4), False),  # layer 4 without RoPE, as llama.cpp fixes it
     "olmo2": ("olmo2", "Olmo2Config", dict(), False),
-    "granite": ("granite", "GraniteConfig", dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5,
-                                                 logits_scaling=2.5), False),
+    "granite": (
+        "granite",
+        "GraniteConfig",
+        dict(embedding_multiplier=3.0, attention_multiplier=0.3, residual_multiplier=0.5, logits_scaling=2.5),
+        False,
+    ),
     "phi3_partial": ("phi3", "Phi3Config", dict(partial_rotary_factor=0.5), False),
     # Llama 3.1/3.2 (llama.cpp stores the llama3 scaling as a rope_freqs tensor of divisors) and
     # Phi-3.5 (longrope: rope_factors_long/_short tensors, the context and attention factor in
     # metadata); both timelines here are longer than the longrope context of 4, so the long set
     # is the one compared.
-    "llama3_rope_freqs": ("llama", "LlamaConfig", dict(head_dim=16, rope_parameters=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100,
-        rope_theta=10000.0)), False),
-    "qwen2_yarn": ("qwen2", "Qwen2Config", dict(max_position_embeddings=32, rope_parameters=dict(  # Qwen2.5's opt-in x4
-        rope_type="yarn", factor=4.0, original_max_position_embeddings=8, rope_theta=100.0)), False),
+    "llama3_rope_freqs": (
+        "llama",
+        "LlamaConfig",
+        dict(
+            head_dim=16,
+            rope_parameters=dict(
+                rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0
+            ),
+        ),
+        False,
+    ),
+    "qwen2_yarn": (
+        "qwen2",
+        "Qwen2Config",
+        dict(
+            max_position_embeddings=32,
+            rope_parameters=dict(  # Qwen2.5's opt-in x4
+                rope_type="yarn", factor=4.0, original_max_position_embeddings=8, rope_theta=100.0
+            ),
+        ),
+        False,
+    ),
     "llama_linear": ("llama", "LlamaConfig", dict(rope_parameters=dict(rope_type="linear", factor=2.5, rope_theta=10000.0)), False),
-    "phi3_longrope": ("phi3", "Phi3Config", dict(max_position_embeddings=32, original_max_position_embeddings=4,
-        rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0],
-                             rope_theta=10000.0)), False),
-}  # fmt: skip
+    "phi3_longrope": (
+        "phi3",
+        "Phi3Config",
+        dict(
+            max_position_embeddings=32,
+            original_max_position_embeddings=4,
+            rope_parameters=dict(rope_type="longrope", short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0], rope_theta=10000.0),
+        ),
+        False,
+    ),
+}
 HF_TO_GGUF_LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.qkv_proj": "attn_qkv",
-    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "block_sparse_moe.gate": "ffn_gate_inp",
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.qkv_proj": "attn_qkv",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "block_sparse_moe.gate": "ffn_gate_inp",
     "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}  # fmt: skip
-SANDWICH_TO_GGUF = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
-                    "post_feedforward_layernorm": "post_ffw_norm"}  # fmt: skip
+    "mlp.up_proj": "ffn_up",
+    "mlp.gate_up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+SANDWICH_TO_GGUF = {
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
 
 
 def write_family(name, folder):
@@ -386,8 +459,10 @@ def llama_cpp_rope_tensors(cfg, writer, head_dim) -> dict:
         scale = cfg.max_position_embeddings / context
         writer.add_rope_scaling_orig_ctx_len(context)
         writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(context)) if scale > 1 else 1.0)
-        return {"rope_factors_long.weight": np.array(rope["long_factor"], dtype=np.float32),
-                "rope_factors_short.weight": np.array(rope["short_factor"], dtype=np.float32)}  # fmt: skip
+        return {
+            "rope_factors_long.weight": np.array(rope["long_factor"], dtype=np.float32),
+            "rope_factors_short.weight": np.array(rope["short_factor"], dtype=np.float32),
+        }
     return {}
 
 
@@ -452,8 +527,9 @@ def test_gguf_vocabularies_reproduce_llama_cpp_test_vectors(vocab, tmp_path):
 
 def test_byte_level_gguf_vocabulary_agrees_with_tokenizers(tmp_path):
     """The tokenizer.json written for a GGUF vocabulary reads the same in `tokenizers`."""
-    from conftest import varied_strings
     from tokenizers import Tokenizer as HFTokenizer
+
+    from conftest import varied_strings
 
     meta = GGUFFile(llama_cpp_vocab_dir() / "ggml-vocab-qwen2.gguf").metadata
     (tmp_path / "tokenizer.json").write_text(gguf_tokenizer_files(meta)["tokenizer.json"], encoding="utf-8")
@@ -474,7 +550,12 @@ def test_byte_level_gguf_tokenizer_is_built_as_its_tokenizer_json_reads(vocab, t
         (tmp_path / name).write_text(content, encoding="utf-8")
     direct, via_json = gguf_bpe_tokenizer(meta), Tokenizer.from_dir(tmp_path)
     assert (direct.bos_id, direct.eos_id, direct.add_bos, direct.vocab_size, direct.chat_template) == (
-        via_json.bos_id, via_json.eos_id, via_json.add_bos, via_json.vocab_size, via_json.chat_template)
+        via_json.bos_id,
+        via_json.eos_id,
+        via_json.add_bos,
+        via_json.vocab_size,
+        via_json.chat_template,
+    )
     for text in varied_strings(240):
         assert direct.encode(text) == via_json.encode(text), text
         assert direct.encode_with_offsets(text) == via_json.encode_with_offsets(text), text

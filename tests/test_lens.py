@@ -4,8 +4,8 @@ patching none gives B), and hooks that never outlive a call."""
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, for_dtype, random_timeline
 
+from conftest import VOCAB, assert_close, for_dtype, random_timeline
 from lens import logit_lens, patch, residuals
 from load import load
 

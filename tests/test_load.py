@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import torch
-from conftest import write_tiny
 from safetensors.torch import load_file, save_file
 
+from conftest import write_tiny
 from load import load
 
 

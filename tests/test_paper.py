@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
-from conftest import CACHE, ROOT, fetch_or_skip
 
 import experiments as ex
 import paper
+from conftest import CACHE, ROOT, fetch_or_skip
 from demos import reproduce
 
 
@@ -32,7 +32,7 @@ def test_counting_metrics_by_hand():
     # n = 3; over c the top digits are 1, 2, 2 and at c = 1 the model says 2
     probs = digits([{1: 0.6, 2: 0.3}, {1: 0.2, 2: 0.7}, {2: 0.5, 3: 0.4, 5: 0.1}])
     m = paper.counting_metrics(probs, 3)
-    at = lambda curve, tau: curve[round(tau * 100)]  # noqa: E731
+    at = lambda curve, tau: curve[round(tau * 100)]
     # max over c: p1 .6, p2 .7, p3 .4, p5 .1; at c = 1: p2 .5, p3 .4, p5 .1
     assert at(m["completeness"], 0.0) == 1.0 and at(m["iou"], 0.0) == pytest.approx(3 / 10)
     assert at(m["completeness"], 0.35) == 1.0 and at(m["iou"], 0.35) == 1.0  # F = {1, 2, 3} = E
@@ -90,12 +90,16 @@ def test_area_and_summary_of_one_item():
 def test_summaries_of_counting_and_events_average_the_items():
     """Two items: the summary's peak rate is their mean (1/2 and 1: 3/4); events are summarised as
     counting is; a summary of nothing but errors has no metrics."""
-    records = [{"key": "0", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}, {5: 0.9}]), 4)},  # 1, 2 on top: 2/4
-               {"key": "1", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}]), 2)}]  # 1, 2 on top: 2/2
+    records = [
+        {"key": "0", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}, {5: 0.9}]), 4)},  # 1, 2 on top: 2/4
+        {"key": "1", "metrics": paper.counting_metrics(digits([{1: 0.9}, {2: 0.9}]), 2)},
+    ]  # 1, 2 on top: 2/2
     for task in ("counting", "events"):
         s = paper.summarize(task, records)
         assert s["peak_rate"] == pytest.approx(3 / 4)
-        assert s["auc_completeness"] == pytest.approx(paper.area([(a + b) / 2 for a, b in zip(records[0]["metrics"]["completeness"], records[1]["metrics"]["completeness"], strict=True)]))
+        assert s["auc_completeness"] == pytest.approx(
+            paper.area([(a + b) / 2 for a, b in zip(records[0]["metrics"]["completeness"], records[1]["metrics"]["completeness"], strict=True)])
+        )
     assert paper.summarize("counting", [{"key": "0", "error": "x"}]) == {"items": 1, "run": 0, "errors": {"0": "x"}}
 
 
@@ -143,7 +147,12 @@ def test_sums_metrics_by_hand():
     case_readings = ["2"]
     valid_only = digits([{3: 0.6, 2: 0.3}, {3: 0.7, 2: 0.2}])
     assert paper.sums_metrics(valid_only, "3", case_readings) == {
-        "valid": True, "decidable": True, "successful": False, "strongly": False, "completely": False}  # fmt: skip
+        "valid": True,
+        "decidable": True,
+        "successful": False,
+        "strongly": False,
+        "completely": False,
+    }
     beats_not_top = digits([{4: 0.5, 2: 0.3, 3: 0.2}, {3: 0.7}])  # 2 beats 3, but 4 is on top
     assert paper.sums_metrics(beats_not_top, "3", case_readings)["successful"]
     assert not paper.sums_metrics(beats_not_top, "3", case_readings)["strongly"]
@@ -166,7 +175,12 @@ def test_sums_case_readings(trained_bpe_json):
     from tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(trained_bpe_json)
-    item = {"key": "0", "template": "{name} had {item_1} and {item_2}. Total: ", "fields": {"name": "Mia", "item_1": 82, "item_2": 38}, "shrink_1": True}
+    item = {
+        "key": "0",
+        "template": "{name} had {item_1} and {item_2}. Total: ",
+        "fields": {"name": "Mia", "item_1": 82, "item_2": 38},
+        "shrink_1": True,
+    }
     case = paper.sums_case(item, tok, 4)
     assert case.info["correct"] == "1" and case.info["readings"] == ["4"]  # 120; 8 + 38 = 46, 2 + 38 = 40
     prompt = "Mia had 82 and 38. Total: "
@@ -182,12 +196,25 @@ def test_a_case_is_the_prompt_shrunk_over_its_span(trained_bpe_json):
     from tokenizer import Tokenizer
 
     tok = Tokenizer.from_file(trained_bpe_json)
-    item = {"key": "7", "template": "{name} had {item_1} and {item_2}. Total: ", "fields": {"name": "Mia", "item_1": 82, "item_2": 38}, "shrink_1": False}
+    item = {
+        "key": "7",
+        "template": "{name} had {item_1} and {item_2}. Total: ",
+        "fields": {"name": "Mia", "item_1": 82, "item_2": 38},
+        "shrink_1": False,
+    }
     case = paper.sums_case(item, tok, 4)
     prompt = "Mia had 82 and 38. Total: "
     ids, offsets = tok.encode_with_offsets(prompt)
     assert "".join(prompt[offsets[i][0] : offsets[i][1]] for i in case.info["span"]).strip() == "38"
-    assert case.info | {"span": None} == {"n": None, "span": None, "tokens": len(ids), "correct": "1", "readings": ["8", "9"], "sum": 120, "shrunk": 38}  # 3 + 82, 8 + 82
+    assert case.info | {"span": None} == {
+        "n": None,
+        "span": None,
+        "tokens": len(ids),
+        "correct": "1",
+        "readings": ["8", "9"],
+        "sum": 120,
+        "shrunk": 38,
+    }  # 3 + 82, 8 + 82
     assert case.key == "7" and case.answers == [str(d) for d in range(10)]
     assert case.x == pytest.approx([0.1, 0.4, 0.7, 1.0])
     positions, durations = ex.shrink(len(ids), case.info["span"], torch.tensor(case.x))
@@ -252,10 +279,14 @@ def write(tmp_path, name, data):
 
 def test_official_formats(tmp_path):
     counting = write(tmp_path, "w.json", [{"word": "mall", "category": "place", "category_with_article": "a place", "repetitions": 4}])
-    assert paper.load_items("counting", counting) == [{"word": "mall", "category": "place", "category_with_article": "a place",
-                                                       "repetitions": 4, "key": "0"}]  # fmt: skip
-    sums = write(tmp_path, "s.json", [{"template": "{name} {item_1} {item_2}", "fields": {"name": "A", "item_1": 10, "item_2": 20},
-                                       "shrink_1": i % 2 == 0} for i in range(250)])  # fmt: skip
+    assert paper.load_items("counting", counting) == [
+        {"word": "mall", "category": "place", "category_with_article": "a place", "repetitions": 4, "key": "0"}
+    ]
+    sums = write(
+        tmp_path,
+        "s.json",
+        [{"template": "{name} {item_1} {item_2}", "fields": {"name": "A", "item_1": 10, "item_2": 20}, "shrink_1": i % 2 == 0} for i in range(250)],
+    )
     assert len(paper.load_items("sums", sums)) == 200  # the paper uses the first 200
     pairs = [{"options": ["a", "b"], "questions": {k: k + " {}?" for k in paper.QUESTION_KINDS}}] * 54
     items = paper.load_items("interpolation", write(tmp_path, "e.json", pairs))
@@ -367,7 +398,20 @@ def same(a, b) -> bool:
 def test_reproduce_end_to_end_and_resume(task, tmp_path, default_model):
     """The command's records hold what the model says (each sweep point recomputed here by a
     plain forward) and the metrics of it; the summary is of those records; a rerun resumes."""
-    command = [sys.executable, str(ROOT / "demos" / "reproduce.py"), "--task", task, "--limit", "3", "--samples", "5", "--dtype", "float32", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(ROOT / "demos" / "reproduce.py"),
+        "--task",
+        task,
+        "--limit",
+        "3",
+        "--samples",
+        "5",
+        "--dtype",
+        "float32",
+        "--out",
+        str(tmp_path),
+    ]
     env = {**os.environ, "CONTGPT_CACHE": str(CACHE)}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -398,7 +442,9 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path, default_model):
             continue
         # areas and rates of thresholds crossed: unchanged unless a probability lies within 1e-5 of a threshold
         assert recorded == pytest.approx(expected, rel=1e-4, abs=1e-6, nan_ok=True)
-    assert same(summary, paper.summarize(task, records) | {k: summary[k] for k in ("task", "model", "dtype", "dataset", "samples", "ranks", "seconds")})
+    assert same(
+        summary, paper.summarize(task, records) | {k: summary[k] for k in ("task", "model", "dtype", "dataset", "samples", "ranks", "seconds")}
+    )
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert "3 already done, 0 to run" in again.stdout and len(log.read_text().splitlines()) == 3
     table = subprocess.run([*command[:2], "--table", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
@@ -408,16 +454,20 @@ def test_reproduce_end_to_end_and_resume(task, tmp_path, default_model):
 def test_table_names_the_command_of_each_run():
     official = {"task": "events", "model": "qwen2.5-1.5b", "dtype": "bfloat16", "dataset": "counting_events_seq_every10", "samples": 40}
     assert reproduce.command(official) == (
-        "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --dtype bfloat16 --stride 10")
+        "python demos/reproduce.py --task events --data counting_events_seq.json --model qwen2.5-1.5b --dtype bfloat16 --stride 10"
+    )
     builtin = {"task": "sums", "model": "qwen2.5-0.5b", "dtype": "float32", "dataset": "builtin", "samples": 5}
     assert reproduce.command(builtin) == "python demos/reproduce.py --task sums --model qwen2.5-0.5b --dtype float32 --samples 5"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "interpolation", "--stride", "8"], "would keep one question kind only"),
-    (["--task", "counting", "--stride", "0"], "--stride and --limit must be at least 1"),
-    (["--task", "sums", "--limit", "-1"], "--stride and --limit must be at least 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "interpolation", "--stride", "8"], "would keep one question kind only"),
+        (["--task", "counting", "--stride", "0"], "--stride and --limit must be at least 1"),
+        (["--task", "sums", "--limit", "-1"], "--stride and --limit must be at least 1"),
+    ],
+)
 def test_bad_subsets_are_refused(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         reproduce.main([*args, "--out", str(tmp_path)])

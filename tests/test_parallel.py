@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-from conftest import CACHE, ROOT, assert_close, fetch_or_skip
 
 import parallel
+from conftest import CACHE, ROOT, assert_close, fetch_or_skip
 
 pytestmark = pytest.mark.slow  # torchrun processes on the real default model
 
@@ -34,8 +34,7 @@ def env(**extra):
 
 
 def args(task, out, limit, samples=5):
-    return [REPRODUCE, "--task", task, "--model", MODEL, "--dtype", "float32", "--limit", str(limit),
-            "--samples", str(samples), "--out", str(out)]  # fmt: skip
+    return [REPRODUCE, "--task", task, "--model", MODEL, "--dtype", "float32", "--limit", str(limit), "--samples", str(samples), "--out", str(out)]
 
 
 def single(task, out, limit, samples=5):
@@ -125,8 +124,15 @@ def free_port() -> int:
 
 def rank_process(rank, world, port, extra_args, out):
     """One rank started by hand, as torchrun would start it."""
-    environment = env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CONTGPT_RDZV_TIMEOUT="5")  # fmt: skip
+    environment = env(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        CONTGPT_RDZV_TIMEOUT="5",
+    )
     command = [sys.executable, *args("counting", out, limit=4), *extra_args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
 
@@ -158,6 +164,11 @@ def test_a_damaged_record_in_the_middle_is_an_error_not_a_loss(tmp_path):
 
 def test_bench_and_demos_refuse_to_run_as_several_ranks(tmp_path):
     for program in ("bench.py", "demos/apples.py"):
-        done = subprocess.run([sys.executable, str(ROOT / program), "--out", str(tmp_path / "x")], capture_output=True,
-                              text=True, env=env(WORLD_SIZE="2", RANK="0"), timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(ROOT / program), "--out", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+            env=env(WORLD_SIZE="2", RANK="0"),
+            timeout=120,
+        )
         assert done.returncode == 1 and "runs as a single process" in done.stderr and "not torchrun" in done.stderr, program

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import TINY, VOCAB, assert_close, random_timeline, reference_mask, reference_model, write_tiny
 
+from conftest import TINY, VOCAB, assert_close, random_timeline, reference_mask, reference_model, write_tiny
 from load import load
 
 # Measured (float32, logits up to about 15; 2026-12-02, and on the machine before): exactly 0.0

@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 import torch
-from conftest import VOCAB, fetch_or_skip, write_tiny
 
 import precision
+from conftest import VOCAB, fetch_or_skip, write_tiny
 from int8 import Int8Embedding, Int8Linear, quantize_int8
 from load import load
 
@@ -199,8 +199,7 @@ def test_unknown_dtypes_are_named(bad):
         precision.resolve(bad, CPU)
 
 
-@pytest.mark.parametrize("dtype, expected", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
-                                             (torch.float64, torch.float64)])  # fmt: skip
+@pytest.mark.parametrize("dtype, expected", [("float32", torch.float32), ("bfloat16", torch.bfloat16), (torch.float64, torch.float64)])
 def test_explicit_dtypes_are_honoured(tiny_dir, dtype, expected):
     model, _ = load(tiny_dir("qwen2"), dtype=dtype)
     assert model.dtype == expected and all(p.dtype == expected for p in model.parameters())

@@ -71,8 +71,9 @@ def test_the_records_folder_is_made_and_a_cut_is_reported(tmp_path, capsys):
         f.write(json.dumps(record("0")) + "\n" + '{"key": "1", "va')
     with runs.append():
         pass
-    assert capsys.readouterr().out == (f"{runs.own}: dropped a truncated last line (16 bytes, an item interrupted while "
-                                       "it was written); it will be run again\n")  # fmt: skip
+    assert capsys.readouterr().out == (
+        f"{runs.own}: dropped a truncated last line (16 bytes, an item interrupted while it was written); it will be run again\n"
+    )
     assert runs.read() == [record("0")]
 
 

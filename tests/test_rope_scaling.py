@@ -7,24 +7,41 @@ llama.cpp's rope_freqs and longrope tensors: test_gguf.py.)"""
 
 import pytest
 import torch
-from conftest import COMMON, VOCAB, assert_close, randomize, reference_mask, reference_model
 
+from conftest import COMMON, VOCAB, assert_close, randomize, reference_mask, reference_model
 from contgpt import timeline_length
 from load import config_from_hf, load
 
 CONTEXT = 8  # the trained context the length-dependent scalings measure against
 SCALINGS = {
     "linear": ("LlamaConfig", dict(rope_parameters=dict(rope_type="linear", factor=2.5, rope_theta=10000.0))),
-    "dynamic": ("LlamaConfig", dict(max_position_embeddings=CONTEXT,
-                                    rope_parameters=dict(rope_type="dynamic", factor=4.0, rope_theta=10000.0))),
-    "yarn": ("LlamaConfig", dict(head_dim=32, max_position_embeddings=4 * CONTEXT, rope_parameters=dict(
-        rope_type="yarn", factor=4.0, original_max_position_embeddings=CONTEXT, rope_theta=100.0))),
-    "longrope": ("Phi3Config", dict(max_position_embeddings=4 * CONTEXT, original_max_position_embeddings=CONTEXT,
-                                    rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
-                                                         short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0]))),
-    "llama3": ("LlamaConfig", dict(head_dim=16, rope_parameters=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                                   high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0))),
-}  # fmt: skip
+    "dynamic": ("LlamaConfig", dict(max_position_embeddings=CONTEXT, rope_parameters=dict(rope_type="dynamic", factor=4.0, rope_theta=10000.0))),
+    "yarn": (
+        "LlamaConfig",
+        dict(
+            head_dim=32,
+            max_position_embeddings=4 * CONTEXT,
+            rope_parameters=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=CONTEXT, rope_theta=100.0),
+        ),
+    ),
+    "longrope": (
+        "Phi3Config",
+        dict(
+            max_position_embeddings=4 * CONTEXT,
+            original_max_position_embeddings=CONTEXT,
+            rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, short_factor=[1.0, 1.3, 1.7, 2.2], long_factor=[1.5, 3.0, 6.0, 12.0]),
+        ),
+    ),
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            head_dim=16,
+            rope_parameters=dict(
+                rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=100, rope_theta=10000.0
+            ),
+        ),
+    ),
+}
 LENGTHS = (CONTEXT - 2, CONTEXT, CONTEXT + 1, 2 * CONTEXT)  # below, at and past the switch
 
 
@@ -112,8 +129,9 @@ def test_timeline_length_is_the_time_it_covers():
 
 # ----------------------------------------------------------------------------- config.json
 
-BASE = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=64)  # fmt: skip
+BASE = dict(
+    model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
+)
 
 
 def test_both_config_layouts_give_the_same_scaling():
@@ -125,23 +143,32 @@ def test_both_config_layouts_give_the_same_scaling():
 
 
 def test_phi3_names_its_longrope_su():
-    phi = dict(BASE, model_type="phi3", original_max_position_embeddings=16,
-               rope_scaling=dict(type="su", short_factor=[1.0] * 4, long_factor=[2.0] * 4))  # fmt: skip
+    phi = dict(
+        BASE, model_type="phi3", original_max_position_embeddings=16, rope_scaling=dict(type="su", short_factor=[1.0] * 4, long_factor=[2.0] * 4)
+    )
     scaling = config_from_hf(phi).rope_scaling
-    assert scaling["rope_type"] == "longrope" and scaling["attention_factor"] == pytest.approx((1 + 2 * 0.6931471805599453 / 2.772588722239781) ** 0.5)
+    assert scaling["rope_type"] == "longrope" and scaling["attention_factor"] == pytest.approx(
+        (1 + 2 * 0.6931471805599453 / 2.772588722239781) ** 0.5
+    )
 
 
-@pytest.mark.parametrize("rope, message", [
-    (dict(rope_type="linear"), "RoPE scaling 'linear' needs 'factor'"),
-    (dict(rope_type="dynamic"), "RoPE scaling 'dynamic' needs 'factor'"),
-    (dict(rope_type="llama3", factor=8.0, high_freq_factor=4.0, original_max_position_embeddings=16),
-     "RoPE scaling 'llama3' needs 'low_freq_factor'"),
-    (dict(rope_type="longrope", short_factor=[1.0] * 4, original_max_position_embeddings=16),
-     "RoPE scaling 'longrope' needs 'long_factor'"),
-    (dict(rope_type="longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 4, original_max_position_embeddings=16),
-     "needs 'short_factor' of 4 numbers"),
-    (dict(rope_type="ntk-by-parts", factor=2.0), "unsupported RoPE scaling 'ntk-by-parts'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rope, message",
+    [
+        (dict(rope_type="linear"), "RoPE scaling 'linear' needs 'factor'"),
+        (dict(rope_type="dynamic"), "RoPE scaling 'dynamic' needs 'factor'"),
+        (
+            dict(rope_type="llama3", factor=8.0, high_freq_factor=4.0, original_max_position_embeddings=16),
+            "RoPE scaling 'llama3' needs 'low_freq_factor'",
+        ),
+        (dict(rope_type="longrope", short_factor=[1.0] * 4, original_max_position_embeddings=16), "RoPE scaling 'longrope' needs 'long_factor'"),
+        (
+            dict(rope_type="longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 4, original_max_position_embeddings=16),
+            "needs 'short_factor' of 4 numbers",
+        ),
+        (dict(rope_type="ntk-by-parts", factor=2.0), "unsupported RoPE scaling 'ntk-by-parts'"),
+    ],
+)
 def test_bad_scaling_parameters_are_named(rope, message):
     with pytest.raises(ValueError, match=message):
         config_from_hf({**BASE, "rope_parameters": dict(rope, rope_theta=10000.0)})

@@ -3,8 +3,8 @@
 import re
 
 import torch
-from conftest import STORIES, needs_stories
 
+from conftest import STORIES, needs_stories
 from load import load
 
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import VOCAB, assert_close, for_dtype, random_timeline
 
 import experiments as ex
+from conftest import VOCAB, assert_close, for_dtype, random_timeline
 from contgpt import KVCache
 from load import load
 from sweep import auto_batch_size, last_logits, shared_prefix_length
@@ -17,8 +17,7 @@ from sweep import auto_batch_size, last_logits, shared_prefix_length
 TOL = 4e-5
 
 
-@pytest.fixture(scope="module", params=["qwen2", pytest.param("mistral", marks=pytest.mark.slow),
-                                        pytest.param("gemma2", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["qwen2", pytest.param("mistral", marks=pytest.mark.slow), pytest.param("gemma2", marks=pytest.mark.slow)])
 def model(request, tiny_dir, dtype):
     """Plain, sliding-window (every layer; window 4) and mixed soft-capped models, in float32 and
     bfloat16; the quick tier takes the plain one (the contract's fuzz covers the others there)."""
@@ -135,16 +134,22 @@ def test_the_shared_prefix_ends_at_the_first_column_where_two_points_differ():
     assert shared_prefix_length({"tokens": tokens[:1], "embeds": embeds}) == 2
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(tokens=torch.zeros(3, 12, dtype=torch.long), positions=torch.zeros(4, 12)), r"one row .* or one per point, 4; got \{'tokens': 3, 'positions': 4\}"),
-    (dict(tokens=torch.zeros(12, dtype=torch.long), durations=torch.ones(12), positions=torch.zeros(11)), "the same tokens; lengths"),
-    (dict(), "give exactly one of tokens= or embeds="),
-    (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=0), "batch_size must be None .* not 0"),
-    (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=-2), "batch_size must be None .* not -2"),
-    (dict(tokens=torch.zeros(0, 12, dtype=torch.long)), "at least one point and one token"),
-    (dict(tokens=torch.zeros(2, 3, 4, dtype=torch.long)), r"tokens must have shape \(T,\) or \(N, T\)"),
-    (dict(embeds=torch.zeros(12)), r"embeds must have shape \(T, dim\) or \(N, T, dim\), not \(12,\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(tokens=torch.zeros(3, 12, dtype=torch.long), positions=torch.zeros(4, 12)),
+            r"one row .* or one per point, 4; got \{'tokens': 3, 'positions': 4\}",
+        ),
+        (dict(tokens=torch.zeros(12, dtype=torch.long), durations=torch.ones(12), positions=torch.zeros(11)), "the same tokens; lengths"),
+        (dict(), "give exactly one of tokens= or embeds="),
+        (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=0), "batch_size must be None .* not 0"),
+        (dict(tokens=torch.zeros(12, dtype=torch.long), batch_size=-2), "batch_size must be None .* not -2"),
+        (dict(tokens=torch.zeros(0, 12, dtype=torch.long)), "at least one point and one token"),
+        (dict(tokens=torch.zeros(2, 3, 4, dtype=torch.long)), r"tokens must have shape \(T,\) or \(N, T\)"),
+        (dict(embeds=torch.zeros(12)), r"embeds must have shape \(T, dim\) or \(N, T, dim\), not \(12,\)"),
+    ],
+)
 def test_bad_sweeps_are_named(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         last_logits(model, **kwargs)
@@ -244,14 +249,17 @@ def test_generate_with_seed_is_reproducible(model, tokens):
         model.generate(tokens, 2, temperature=-1.0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(top_k=0), "top_k must be None or an integer >= 1, not 0"),
-    (dict(top_k=-3), "top_k must be None or an integer >= 1, not -3"),
-    (dict(temperature=math.nan), "temperature must be finite"),
-    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1, not 0"),
-    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 1"),
-    (dict(durations=torch.ones(2, 12)), "the timeline given holds 2 rows"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(top_k=0), "top_k must be None or an integer >= 1, not 0"),
+        (dict(top_k=-3), "top_k must be None or an integer >= 1, not -3"),
+        (dict(temperature=math.nan), "temperature must be finite"),
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1, not 0"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 1"),
+        (dict(durations=torch.ones(2, 12)), "the timeline given holds 2 rows"),
+    ],
+)
 def test_generate_refuses_what_it_cannot_do(model, tokens, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model.generate(tokens, **{"max_new_tokens": 3, **kwargs})

@@ -4,10 +4,10 @@ import json
 import shutil
 
 import pytest
-from conftest import STORIES, llama3_tokenizer_file, needs_stories, varied_strings
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from conftest import STORIES, llama3_tokenizer_file, needs_stories, varied_strings
 from tokenizer import LLAMA3_SPECIALS, QWEN2_PATTERN, BPETokenizer, SentencePieceTokenizer, Tokenizer
 
 STRINGS = varied_strings(240)
@@ -56,13 +56,17 @@ def test_sentencepiece_control_tokens_in_text_stay_text(trained_spm):
 
 PRE_TOKENIZERS = {
     "gpt2": (None, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)),
-    "qwen2-style": (normalizers.NFC(), pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])),
-    "smollm-style": (None, pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])),
-}  # fmt: skip
+    "qwen2-style": (
+        normalizers.NFC(),
+        pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        ),
+    ),
+    "smollm-style": (
+        None,
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]),
+    ),
+}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -74,8 +78,7 @@ def trained_bpe(request, tmp_path_factory):
     if normalizer:
         tk.normalizer = normalizer
     tk.pre_tokenizer, tk.decoder = pre, decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=SPECIALS, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(varied_strings(3000, seed=2), trainer)
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
     tk.save(str(path))
@@ -88,8 +91,7 @@ def test_byte_level_bpe_matches_tokenizers(trained_bpe):
     assert isinstance(ours, BPETokenizer) and not ours.add_bos
     strings = STRINGS + ["<|im_start|>user\nhi<|im_end|>", "a<|endoftext|>b", " <|im_end|> "]
     assert_same_ids(lambda s: ours.encode(s), lambda s: reference.encode(s).ids, strings)
-    assert all(ours.decode(ours.encode(s)) == reference.decode(reference.encode(s).ids, skip_special_tokens=False)
-               for s in strings)  # fmt: skip
+    assert all(ours.decode(ours.encode(s)) == reference.decode(reference.encode(s).ids, skip_special_tokens=False) for s in strings)
 
 
 def test_bpe_ranks_need_not_be_ids(trained_bpe):
@@ -112,9 +114,8 @@ def llama3_reference():
     return path, tk
 
 
-LLAMA3_PATTERN_FOR_TEST = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)  # written out here, not imported, so a wrong pattern in tokenizer.py cannot pass unnoticed
+# written out here, not imported, so that a wrong pattern in tokenizer.py cannot pass unnoticed
+LLAMA3_PATTERN_FOR_TEST = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 def test_llama3_tiktoken_file_matches_tokenizers(llama3_reference):
@@ -159,4 +160,3 @@ def test_tokenizer_errors(tmp_path, trained_spm):
     with pytest.raises(TypeError, match="encode takes a str"):
         ours.encode(b"bytes")
     assert Tokenizer.from_dir(tmp_path / "empty") is None
-

@@ -4,7 +4,6 @@ are what a run leaves (in order, no errors, the solutions right) and small (quic
 
 import base64
 import importlib.util
-import math
 import os
 import re
 import sys
@@ -14,11 +13,10 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from conftest import CACHE, ROOT, fetch_or_skip
 
-import experiments as ex
 import lens
 import paper
+from conftest import CACHE, ROOT, fetch_or_skip
 
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
@@ -35,6 +33,7 @@ def test_there_are_eight_notebooks_in_order():
 
 
 # ----------------------------------------------------------------------------- the checkers
+
 
 def tiny_model():
     """A small random Qwen2-style model: the checkers that run a model take it in the tests."""
@@ -65,9 +64,15 @@ shrunk = torch.ones(9)
 shrunk[2:5] = 0.5
 contiguous = shrunk.cumsum(0) - 1
 attn0, arange9 = tiny.model.layers[0].self_attn, torch.arange(9.0)
-layer0 = {name: caught(attn0, lambda: tiny(ids, positions=pos, durations=dur, rule=rule))[0]
-          for name, pos, dur, rule in (("right", contiguous, shrunk, "right"), ("unit", arange9, torch.ones(9), "right"),
-                                       ("kept", arange9, shrunk, "right"), ("left", contiguous, shrunk, "left"))}  # fmt: skip
+layer0 = {
+    name: caught(attn0, lambda: tiny(ids, positions=pos, durations=dur, rule=rule))[0]
+    for name, pos, dur, rule in (
+        ("right", contiguous, shrunk, "right"),
+        ("unit", arange9, torch.ones(9), "right"),
+        ("kept", arange9, shrunk, "right"),
+        ("left", contiguous, shrunk, "left"),
+    )
+}
 run_shrunk, run_unit = dict(tokens=ids, positions=contiguous, durations=shrunk), dict(tokens=ids)
 
 
@@ -159,44 +164,92 @@ with torch.no_grad():
 CASES = [  # (checker, its inputs, the right answer, wrong answers a student could plausibly give)
     (checks.reweighted, (w, d2), w * d2 / (w * d2).sum(), [w, w * d2]),
     (checks.duration_for_weight, (0.2, 0.5), 4.0, [2.5, 0.25]),
-    (checks.layer0_attention, (tiny, ids, contiguous, shrunk), layer0["right"] + 1e-6,
-     [layer0["unit"], layer0["kept"], layer0["right"].T]),  # the ordinary run; the positions not shifted
-    (checks.layer0_attention, (tiny, ids, contiguous, shrunk, "left"), layer0["left"] + 1e-6,
-     [layer0["right"], layer0["unit"]]),  # the keys left where the right rule puts them
+    (
+        checks.layer0_attention,
+        (tiny, ids, contiguous, shrunk),
+        layer0["right"] + 1e-6,
+        [layer0["unit"], layer0["kept"], layer0["right"].T],
+    ),  # the ordinary run; the positions not shifted
+    (
+        checks.layer0_attention,
+        (tiny, ids, contiguous, shrunk, "left"),
+        layer0["left"] + 1e-6,
+        [layer0["right"], layer0["unit"]],
+    ),  # the keys left where the right rule puts them
     (checks.rotation_angle, (2.5, 5, 64, theta), 2.5 * theta ** (-10 / 64), [2.5 * theta ** (-5 / 64), theta ** (-10 / 64)]),
     (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
     (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
-    (checks.key_positions, (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),
-     torch.tensor([-0.5, 0.25, 1.5]), [torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.0, 0.5, 2.5])]),
-    (checks.refinement, (tiny, ids), split_by_hand,
-     [split_from_t, lambda p, d, m: split_by_hand(p, d * m, m), lambda p, d, m: split_by_hand(p, d, 1), 3]),  # not d / m; no split; not a function
-    (checks.observed_area, (probs, 4), paper.area(paper.counting_metrics(probs, 4)["completeness"]),
-     [paper.area(paper.counting_metrics(probs, 4)["counterfactual"]), 0.75, paper.area(paper.counting_metrics(probs, 3)["completeness"])]),
+    (
+        checks.key_positions,
+        (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),
+        torch.tensor([-0.5, 0.25, 1.5]),
+        [torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.0, 0.5, 2.5])],
+    ),
+    (
+        checks.refinement,
+        (tiny, ids),
+        split_by_hand,
+        [split_from_t, lambda p, d, m: split_by_hand(p, d * m, m), lambda p, d, m: split_by_hand(p, d, 1), 3],
+    ),  # not d / m; no split; not a function
+    (
+        checks.observed_area,
+        (probs, 4),
+        paper.area(paper.counting_metrics(probs, 4)["completeness"]),
+        [paper.area(paper.counting_metrics(probs, 4)["counterfactual"]), 0.75, paper.area(paper.counting_metrics(probs, 3)["completeness"])],
+    ),
     (checks.trapezoid_area, (xs, ys), 0.05 * 1.8 + 0.2 * 1.3 + 0.25 * 0.5, [float(np.mean(ys))]),
-    (checks.attention_mass, (tiny, run_shrunk, 1, range(2, 5)), mass(run_shrunk, 1),
-     [mass(run_shrunk, 0), mass(run_unit, 1), mass(run_shrunk, 1, slice(0, 1))]),  # another layer, the unit run, head 0 only
-    (checks.logit_lens, (tiny, run_shrunk), lens_by_hand(tiny, run_shrunk),
-     [lens_by_hand(tiny, run_shrunk, -2), lens_by_hand(tiny, run_unit)]),  # another position; the other run
+    (
+        checks.attention_mass,
+        (tiny, run_shrunk, 1, range(2, 5)),
+        mass(run_shrunk, 1),
+        [mass(run_shrunk, 0), mass(run_unit, 1), mass(run_shrunk, 1, slice(0, 1))],
+    ),  # another layer, the unit run, head 0 only
+    (
+        checks.logit_lens,
+        (tiny, run_shrunk),
+        lens_by_hand(tiny, run_shrunk),
+        [lens_by_hand(tiny, run_shrunk, -2), lens_by_hand(tiny, run_unit)],
+    ),  # another position; the other run
     (checks.patched, (tiny, run_shrunk, run_unit, 1), patched_1, [patched_0, unpatched]),
     (checks.first_layer_on_top, (lensed, 2), 1, [2, 0, None]),
-    (checks.proportional_attention, (), lambda s, z: (s + z.double().log()).softmax(-1),
-     [lambda s, z: s.softmax(-1), lambda s, z: (s * z).softmax(-1), lambda s, z: (s + z).softmax(-1)]),
+    (
+        checks.proportional_attention,
+        (),
+        lambda s, z: (s + z.double().log()).softmax(-1),
+        [lambda s, z: s.softmax(-1), lambda s, z: (s * z).softmax(-1), lambda s, z: (s + z).softmax(-1)],
+    ),
     (checks.peak_duration, (ds, sweep, 4), float(ds[18]), [18, float(ds[17]), 4.0]),
-    (checks.slerp, (), slerp_by_hand,
-     [lambda a, b, t: (1 - t) * a + t * b, lambda a, b, t: slerp_by_hand(a / a.norm(), b / b.norm(), t)]),  # linear; unit norm
-    (checks.lipschitz, (), lipschitz_by_hand,
-     [lambda x, y: lipschitz_by_hand(x, y) * (max(y) - min(y)), lambda x, y: abs((y[-1] - y[0]) / (x[-1] - x[0]))]),
-    (checks.halfway, (tiny, WordTokenizer(), "the capital of {} is", "France", "Germany", "Paris"), halfway_by_hand(tiny, "France", "Germany"),
-     [halfway_by_hand(tiny, "France", "France"), halfway_by_hand(tiny, "Germany", "Germany")]),
+    (
+        checks.slerp,
+        (),
+        slerp_by_hand,
+        [lambda a, b, t: (1 - t) * a + t * b, lambda a, b, t: slerp_by_hand(a / a.norm(), b / b.norm(), t)],
+    ),  # linear; unit norm
+    (
+        checks.lipschitz,
+        (),
+        lipschitz_by_hand,
+        [lambda x, y: lipschitz_by_hand(x, y) * (max(y) - min(y)), lambda x, y: abs((y[-1] - y[0]) / (x[-1] - x[0]))],
+    ),
+    (
+        checks.halfway,
+        (tiny, WordTokenizer(), "the capital of {} is", "France", "Germany", "Paris"),
+        halfway_by_hand(tiny, "France", "Germany"),
+        [halfway_by_hand(tiny, "France", "France"), halfway_by_hand(tiny, "Germany", "Germany")],
+    ),
     (checks.step_sizes, (tiny, ids), steps_by_hand(tiny, ids), [steps_by_hand(tiny, ids, scale=False), steps_by_hand(tiny, ids)[:1]]),
-    (checks.rectangle_rule, (), rectangle_by_hand,
-     [lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, "right"), lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, rule) / (b - a)]),
-]  # fmt: skip
+    (
+        checks.rectangle_rule,
+        (),
+        rectangle_by_hand,
+        [lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, "right"), lambda f, a, b, m, rule: rectangle_by_hand(f, a, b, m, rule) / (b - a)],
+    ),
+]
 
 
 @pytest.mark.parametrize("checker, inputs, right, wrongs", CASES, ids=[c[0].__name__ for c in CASES])
 def test_each_checker_rejects_wrong_answers_and_accepts_the_right_one(checker, inputs, right, wrongs, capsys):
-    call = lambda answer: checker(answer, *inputs)  # noqa: E731
+    call = lambda answer: checker(answer, *inputs)
     call(right)
     assert capsys.readouterr().out.strip() == "right!"
     for wrong in wrongs:

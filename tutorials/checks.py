@@ -58,8 +58,7 @@ def duration_for_weight(answer, weight: float, target: float) -> None:
     if _open(answer):
         return
     truth = target * (1 - weight) / (weight * (1 - target))
-    _right(_close(answer, truth, 1e-6 * max(1.0, truth)),
-           "Solve d w / (d w + 1 - w) = target for d: the other keys keep their total 1 - w.")  # fmt: skip
+    _right(_close(answer, truth, 1e-6 * max(1.0, truth)), "Solve d w / (d w + 1 - w) = target for d: the other keys keep their total 1 - w.")
 
 
 def _call(function, hint: str, *args):
@@ -90,7 +89,7 @@ def layer0_attention(answer, model, tokens, positions, durations, rule: str = "r
     model's own, which the checker catches itself (float32: equal to about 1e-4)."""
     if _open(answer):
         return
-    run = lambda: model(tokens, positions=positions, durations=durations, rule=rule)  # noqa: E731
+    run = lambda: model(tokens, positions=positions, durations=durations, rule=rule)
     out = _hooked(model.model.layers[0].self_attn, run)
     hint = "log d is added to every visible key's score, before the softmax"
     if rule != "right":
@@ -179,9 +178,11 @@ def observed_area(answer, probs, n: int) -> None:
     if _open(answer):
         return
     truth = paper.area(paper.counting_metrics(probs, n)["completeness"])
-    _right(_close(answer, truth, 1e-6),
-           "For each tau in torch.linspace(0, 1, 101): keep the digits 1..n whose highest probability over c "
-           "reaches tau (>=), divide their count by n; then the trapezoid area over tau.")  # fmt: skip
+    _right(
+        _close(answer, truth, 1e-6),
+        "For each tau in torch.linspace(0, 1, 101): keep the digits 1..n whose highest probability over c "
+        "reaches tau (>=), divide their count by n; then the trapezoid area over tau.",
+    )
 
 
 def trapezoid_area(answer, xs, ys) -> None:
@@ -203,9 +204,11 @@ def attention_mass(answer, model, inputs: dict, layer: int, span) -> None:
         return
     weights = _hooked(model.model.layers[layer].self_attn.probs, lambda: model(**inputs))
     truth = float(weights[0, :, :, -1].double().mean((0, 1))[list(span)].sum())
-    _right(_close(answer, truth, 1e-6),
-           "Hook self_attn.probs of that layer (B, Hkv, rep, T, S), take the last query, average over every "
-           "head, and sum the weights on the span's keys.")  # fmt: skip
+    _right(
+        _close(answer, truth, 1e-6),
+        "Hook self_attn.probs of that layer (B, Hkv, rep, T, S), take the last query, average over every "
+        "head, and sum the weights on the span's keys.",
+    )
 
 
 def logit_lens(answer, model, inputs: dict) -> None:
@@ -214,9 +217,11 @@ def logit_lens(answer, model, inputs: dict) -> None:
     if _open(answer):
         return
     truth = lens.logit_lens(model, **inputs)[:, 0]  # (L, vocab): the last position of the one example
-    _right(_close(answer, truth, 1e-4),
-           "Hook every block's resid_out, keep the last position, and send it through model.model.norm and "
-           "model.head (model.logits does both); the last layer's row must equal the model's own logits.")  # fmt: skip
+    _right(
+        _close(answer, truth, 1e-4),
+        "Hook every block's resid_out, keep the last position, and send it through model.model.norm and "
+        "model.head (model.logits does both); the last layer's row must equal the model's own logits.",
+    )
 
 
 def patched(answer, model, source: dict, target: dict, layer: int) -> None:
@@ -225,9 +230,11 @@ def patched(answer, model, source: dict, target: dict, layer: int) -> None:
     if _open(answer):
         return
     truth = lens.patch(model, source=source, target=target, layers=[layer])[0, -1]
-    _right(_close(answer, truth, 1e-4),
-           "Record the source run's resid_out of that layer with one hook, then run the target with a hook on the "
-           "same point that returns the recorded tensor (a forward hook's return value replaces the output).")  # fmt: skip
+    _right(
+        _close(answer, truth, 1e-4),
+        "Record the source run's resid_out of that layer with one hook, then run the target with a hook on the "
+        "same point that returns the recorded tensor (a forward hook's return value replaces the output).",
+    )
 
 
 def first_layer_on_top(answer, lens_probs, digit: int) -> None:
@@ -279,8 +286,10 @@ def slerp(answer) -> None:
     vectors and alphas drawn here."""
     if _open(answer):
         return
-    hint = ("Normalise both, omega = arccos(ua . ub), direction = (sin((1 - alpha) omega) ua + sin(alpha omega) ub) / sin omega, "
-            "times the linearly interpolated norm (1 - alpha) |a| + alpha |b|.")  # fmt: skip
+    hint = (
+        "Normalise both, omega = arccos(ua . ub), direction = (sin((1 - alpha) omega) ua + sin(alpha omega) ub) / sin omega, "
+        "times the linearly interpolated norm (1 - alpha) |a| + alpha |b|."
+    )
     g = torch.Generator().manual_seed(0)
     for D in (2, 16):
         a, b = torch.randn(D, generator=g, dtype=torch.float64), 3 * torch.randn(D, generator=g, dtype=torch.float64)
@@ -314,9 +323,11 @@ def halfway(answer, model, tokenizer, template: str, a: str, b: str, word: str) 
         probs = model(embeds=swap.embeds([0.5]), durations=swap.durations)[0, -1].softmax(-1)
     (token,) = tokenizer.encode(word, bos=False)  # one token: its probability, not every token spelling the word
     truth = float(probs[token])
-    _right(_close(answer, truth, 1e-5),
-           "Take the two words' rows of the embedding table (model.embed), mix them 0.5 / 0.5, put the mixed row in "
-           "the prompt's embeddings (model.embed of the prompt) and run model(embeds=...).")  # fmt: skip
+    _right(
+        _close(answer, truth, 1e-5),
+        "Take the two words' rows of the embedding table (model.embed), mix them 0.5 / 0.5, put the mixed row in "
+        "the prompt's embeddings (model.embed of the prompt) and run model(embeds=...).",
+    )
 
 
 # ----------------------------------------------------------------------------- 8: the transformer as an equation
