@@ -36,20 +36,21 @@ from pathlib import Path
 
 import torch
 
-APPLES = 'Question: In the sentence "apple apple apple apple", how many times is a fruit mentioned? Reply with a single-digit number\nAnswer: '
+from experiments import DIGITS
+from paper import APPLES_PROMPT
+
 EVENTS = (
     "Question: Alice goes to the shop. She buys a carton of milk. She buys an apple. She buys a potato. "
     "She buys a loaf of bread. How many items did Alice buy? Reply with a single-digit number\nAnswer: "
 )
-DIGITS = [str(d) for d in range(10)]
 
 
 def sweeps(tokenizer):
     """(name, token ids, durations (N, T)) of the two benchmark sweeps, spans from characters."""
     from experiments import shrink, span_of, word_ranges
 
-    at = APPLES.index("apple")
-    ids_a, span_a = span_of(tokenizer, APPLES, [(at + a, at + b) for a, b in word_ranges(APPLES[at : at + 23], "apple")])
+    at = APPLES_PROMPT.index("apple")
+    ids_a, span_a = span_of(tokenizer, APPLES_PROMPT, [(at + a, at + b) for a, b in word_ranges(APPLES_PROMPT[at : at + 23], "apple")])
     start, end = EVENTS.index("She buys"), EVENTS.index("bread.") + len("bread.")
     ids_e, span_e = span_of(tokenizer, EVENTS, [(start, end)])
     return [
@@ -134,13 +135,8 @@ def worker_contgpt(args) -> dict:
 
 
 def cache_size(gguf: Path) -> int:
-    """Bytes the model occupies in the cache: the downloaded file, and any converted copy (the
-    float32 conversions of earlier versions lived in <cache>/converted)."""
-    from download import cache_dir
-
-    converted = cache_dir() / "converted"
-    extra = sum(f.stat().st_size for f in converted.rglob("*") if f.is_file()) if converted.exists() else 0
-    return gguf.stat().st_size + extra
+    """Bytes the model occupies in the cache: the downloaded file, all that is kept there."""
+    return gguf.stat().st_size
 
 
 def sweep_flops(cfg, T: int, prefix: int, points: int) -> float:
@@ -158,7 +154,7 @@ def generation(model, tokenizer, repeats, rerun: bool) -> dict:
     question) and a 256-token one; with rerun, also re-running the whole sequence per token."""
     long = " ".join(["The quick brown fox jumps over the lazy dog."] * 30)
     result = {}
-    for label, prompt in (("short", APPLES), ("long", long)):
+    for label, prompt in (("short", APPLES_PROMPT), ("long", long)):
         ids = torch.tensor(tokenizer.encode(prompt)[:256])
         model.generate(ids, 2)  # warm-up
         cached, _, tokens = timed(partial(model.generate, ids, 64), repeats)
@@ -350,7 +346,7 @@ def hook_cost(name: str, repeats: int) -> None:
     from load import load
 
     model, tokenizer = load(name, dtype="float32")
-    tokens = torch.tensor(tokenizer.encode(APPLES))
+    tokens = torch.tensor(tokenizer.encode(APPLES_PROMPT))
     points = [(block, attr) for block in model.model.layers for attr in ("resid_in", "resid_out")]
     points += [(block.self_attn, "probs") for block in model.model.layers]
     identities = [getattr(owner, attr) for owner, attr in points]

@@ -60,9 +60,6 @@ class Release:
 
 def cache_dir() -> Path:
     """$CONTGPT_CACHE, else contgpt/ in $XDG_CACHE_HOME, else ~/.cache/contgpt."""
-    # Not mutated: tests/conftest.py calls it as it loads, before mutmut can tie it to a test
-    # (test_the_cache_is_where_the_environment_says checks the rule).
-    # pragma: no mutate block
     root = os.environ.get("CONTGPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contgpt"
     return Path(root)
 
@@ -144,7 +141,7 @@ def fetch_members(release: Release, members: list[str], dest_dir: Path) -> Path:
     with locked(dest_dir):
         if done.exists():
             return dest_dir
-        if dest_dir.exists():  # a folder without its marker: an older contgpt's interrupted fetch
+        if dest_dir.exists():  # a folder without its marker is incomplete (copied in part, or interrupted): fetch it again
             shutil.rmtree(dest_dir)
         with scratch(dest_dir) as tmp:
             archive = download(release, tmp)

@@ -128,8 +128,8 @@ class GGUFFile:
             raise ValueError(f"{self.path}: unknown GGUF value type {kind}")
         return self._scalar(self.SCALARS[kind])
 
-    def dequantize_rows(self, name: str, part: int | None = None):
-        """Yield (rows, float32 values) of a tensor in PyTorch's (rows, columns) order, a few
+    def tensor_rows(self, name: str, part: int | None = None):
+        """Yield (rows, float32 values) of the named tensor in PyTorch's (rows, columns) order, a few
         rows at a time (dequantize_rows), releasing the bytes read as it goes. `part`: only
         that index of the first axis (one expert of a stacked 3-D tensor)."""
         kind, shape, offset, nbytes = self.tensors[name]

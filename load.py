@@ -22,10 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import precision as prec
 from contgpt import FAMILIES, ROPE_TYPES, Config, Transformer
 from download import Release, cache_dir, fetch_assembled, forget, verify_again
 from gguf_file import FORMATS, GGUFFile, UnreadableGGUF
-from tokenizer import Tokenizer, gguf_bpe_tokenizer, gguf_tokenizer_files
+from tokenizer import Tokenizer, gguf_bpe_tokenizer, gguf_sentencepiece_files
 
 
 def load(source: str | Path, dtype="auto", device: str | torch.device | None = None):
@@ -51,14 +49,12 @@ def load(source: str | Path, dtype="auto", device: str | torch.device | None = N
     device = torch.device(device or "cpu")
     precision = prec.resolve(dtype, device)
     if isinstance(source, str) and source in MODELS:
-        discard_old_conversions()
         return load_named(source, precision, device)
     path = Path(source)
     if not path.exists():
         hint = "" if path.suffix or os.sep in str(source) else f" (named models: {', '.join(MODELS)})"
         raise FileNotFoundError(f"no checkpoint at {path}{hint}")
     if path.is_file():
-        discard_old_conversions()
         return load_gguf(path, precision, device)
     if not path.is_dir():
         raise ValueError(f"{path} is neither a checkpoint directory nor a .gguf file")
@@ -381,32 +377,6 @@ GGUF_SANDWICH_NAMES = {  # Gemma 2/3: four norms per layer, named differently
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 GGUF_ROPE_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}  # read into the config
-OLD_CONVERSIONS = "converted"  # the float32 conversion cache of contgpt before dequantization at load
-STALE_SECONDS = 3600  # an unfinished conversion untouched this long belongs to no live process
-
-
-def discard_old_conversions() -> None:
-    """Remove the float32 conversions that earlier versions cached (2.4 GB for qwen2.5-0.5b),
-    which nothing reads any more, and the folders of conversions interrupted by a kill. An
-    unfinished one is left alone while it is younger than STALE_SECONDS: an old contgpt may
-    still be writing it (no conversion took more than a few minutes)."""
-    folder = cache_dir() / OLD_CONVERSIONS
-    if not folder.is_dir():
-        return
-    freed = 0
-    for entry in folder.iterdir():
-        if entry.name.startswith(".converting-") and time.time() - entry.stat().st_mtime < STALE_SECONDS:
-            continue
-        freed += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file()) if entry.is_dir() else entry.stat().st_size
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
-        folder.rmdir()
-    if freed:
-        print(
-            f"contgpt: removed {freed / 1e6:,.0f} MB of float32 conversions from {folder} (GGUF files now load "
-            f"directly; nothing there is used any more)",
-            file=sys.stderr,
-        )
 
 
 def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
@@ -420,7 +390,7 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
     unsupported = sorted({kind for kind, *_ in tensors.values()} - set(FORMATS))
     if unsupported:
         raise ValueError(f"{path}: unsupported tensor type {unsupported[0]}; supported: {', '.join(FORMATS)}")
-    vector = lambda name: next(gguf.dequantize_rows(name))[1].tolist()  # (a 1-D tensor is one piece)
+    vector = lambda name: next(gguf.tensor_rows(name))[1].tolist()  # (a 1-D tensor is one piece)
     cfg = config_from_hf(gguf_hf_config(meta, arch, family, tensors, vector))
     # hf name -> (GGUF name, expert): llama.cpp stacks a layer's experts into one 3-D tensor
     names = {hf: (name, expert) for name in tensors if name not in GGUF_ROPE_TENSORS for hf, expert in gguf_to_hf_names(name, cfg)}
@@ -431,7 +401,7 @@ def load_gguf(path: Path, precision: prec.Precision, device: torch.device):
         order = None
         if permuted and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
             order = unpermuted_rows(tensors[name][1][0], cfg.n_heads if "q_proj" in hf_name else cfg.n_kv_heads)
-        for rows, values in gguf.dequantize_rows(name, expert):
+        for rows, values in gguf.tensor_rows(name, expert):
             yield (rows if order is None else order[rows]), values - offset if offset else values
 
     shapes = {hf: tensors[name][1][1:] if expert is not None else tensors[name][1] for hf, (name, expert) in names.items()}
@@ -450,7 +420,7 @@ def gguf_tokenizer(meta: dict) -> Tokenizer:
     if meta.get("tokenizer.ggml.model") == "gpt2":
         return gguf_bpe_tokenizer(meta)
     with tempfile.TemporaryDirectory(prefix="contgpt-tokenizer-") as folder:
-        for name, content in gguf_tokenizer_files(meta).items():
+        for name, content in gguf_sentencepiece_files(meta).items():
             (Path(folder) / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
         return Tokenizer.from_dir(folder)  # read whole into memory before the folder goes
 

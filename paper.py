@@ -19,6 +19,7 @@ item is either run or reported with the reason it could not be.
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ YES_NO = ["yes|Yes", "no|No"]  # exact token texts; both cases, since instruct m
 THRESHOLDS = torch.linspace(0, 1, 101)
 BUILTIN = Path(__file__).resolve().parent / "data"
 COUNTING_PROMPT = 'Question: In the sentence "{sentence}", how many times is {category} mentioned? Reply with a single-digit number\nAnswer: '
+APPLES_PROMPT = COUNTING_PROMPT.format(sentence="apple apple apple apple", category="a fruit")  # the paper's first example
 INTERPOLATION_PROMPT = "Question: {question} (yes/no)\nAnswer:"
 QUESTION_KINDS = ("both", "neither", "first", "second")
 SCHEMAS = {
@@ -228,7 +230,7 @@ def interpolation_metrics(x, probs: torch.Tensor) -> dict:
     probs = torch.as_tensor(probs)
     variations = [ex.variation(probs[:, i]) for i in range(probs.shape[1])]
     lipschitz = [ex.normalized_lipschitz(x, probs[:, i]) for i in range(probs.shape[1])]
-    finite = [v for v in lipschitz if v == v]
+    finite = [v for v in lipschitz if not math.isnan(v)]
     return {"variations": variations, "lipschitz": lipschitz, "variation": max(variations), "lipschitz_max": max(finite) if finite else float("nan")}
 
 
@@ -257,10 +259,10 @@ def summarize(task: str, records: list[dict]) -> dict:
         for r in done:
             by_kind.setdefault(r["info"]["kind"], []).append(r["metrics"]["lipschitz_max"])
         out["mean_lipschitz_by_kind"] = {k: _nanmean(v) for k, v in by_kind.items()}
-        out["flat_items"] = sum(x["lipschitz_max"] != x["lipschitz_max"] for x in m)
+        out["flat_items"] = sum(math.isnan(x["lipschitz_max"]) for x in m)
     return out
 
 
 def _nanmean(values) -> float:
-    finite = [v for v in values if v == v]
+    finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else float("nan")

@@ -6,8 +6,9 @@ Three kinds of file, two engines:
 - byte-level BPE `tokenizer.json` (Qwen2, SmolLM2, Llama 3 in HF layout): turned into a tiktoken
   Encoding, with the merge priorities as ranks and the split regex of the pre-tokenizer.
 
-A GGUF file's vocabulary is first written out as one of these files (`gguf_tokenizer_files`): a
-tokenizer.json for byte-level BPE vocabularies, a SentencePiece model for SentencePiece ones.
+A GGUF file's byte-level BPE vocabulary is built straight from its lists (`gguf_bpe_tokenizer`);
+a SentencePiece one is written out as a tokenizer.model (`gguf_sentencepiece_files`) for the
+sentencepiece library to read.
 
 In BPE vocabularies, special tokens written in the text (say "<|im_start|>") are encoded as those
 tokens, as the Hugging Face tokenizers do, so chat prompts can be plain strings. SentencePiece
@@ -382,47 +383,47 @@ def hf_pattern(pre: dict | None, path: Path) -> str:
 GGUF_NORMAL, GGUF_UNKNOWN, GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_UNUSED, GGUF_BYTE = 1, 2, 3, 4, 5, 6
 
 
-def gguf_tokenizer_files(meta: dict) -> dict[str, str | bytes]:
-    """Tokenizer files in Hugging Face layout for the vocabulary in a GGUF file's metadata:
-    tokenizer.json (byte-level BPE, "gpt2") or tokenizer.model (SentencePiece, "llama"), and
-    tokenizer_config.json with the BOS/EOS tokens, add_bos_token and the chat template."""
-    kind = meta.get("tokenizer.ggml.model")
+def gguf_tokenizer_config(meta: dict) -> dict:
+    """The tokenizer_config.json of a GGUF vocabulary: BOS/EOS tokens, add_bos_token and the chat template."""
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ValueError("this GGUF file has no vocabulary (tokenizer.ggml.tokens)")
-    types = meta.get("tokenizer.ggml.token_type") or [GGUF_NORMAL] * len(tokens)
-    special = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
-    config = {
-        "bos_token": tokens[special["bos"]] if special["bos"] is not None else None,
-        "eos_token": tokens[special["eos"]] if special["eos"] is not None else None,
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+    bos, eos = (meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos"))
+    return {
+        "bos_token": tokens[bos] if bos is not None else None,
+        "eos_token": tokens[eos] if eos is not None else None,
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")),
         "chat_template": meta.get("tokenizer.chat_template"),
     }
-    if kind == "gpt2":
-        files = {"tokenizer.json": _hf_bpe_json(tokens, types, meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.pre", "gpt-2"))}
-    elif kind == "llama":
-        scores = meta.get("tokenizer.ggml.scores")
-        if scores is None:
-            raise ValueError("this SentencePiece-style GGUF vocabulary has no scores (tokenizer.ggml.scores)")
-        files = {
-            "tokenizer.model": sentencepiece_model(
-                tokens,
-                scores,
-                types,
-                add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
-                special={k: v for k, v in special.items() if v is not None},
-            )
-        }
-    else:
+
+
+def gguf_sentencepiece_files(meta: dict) -> dict[str, str | bytes]:
+    """tokenizer.model and tokenizer_config.json for a SentencePiece GGUF vocabulary ("llama"),
+    for the sentencepiece library to read."""
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "llama":
         raise ValueError(f"unsupported GGUF tokenizer model {kind!r}; supported: gpt2 (byte-level BPE), llama (SentencePiece)")
-    files["tokenizer_config.json"] = json.dumps(config, ensure_ascii=False)
-    return files
+    config = gguf_tokenizer_config(meta)
+    tokens = meta["tokenizer.ggml.tokens"]
+    types = meta.get("tokenizer.ggml.token_type") or [GGUF_NORMAL] * len(tokens)
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None:
+        raise ValueError("this SentencePiece-style GGUF vocabulary has no scores (tokenizer.ggml.scores)")
+    special = {key: meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("bos", "eos", "unknown", "padding")}
+    model = sentencepiece_model(
+        tokens,
+        scores,
+        types,
+        add_dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+        special={k: v for k, v in special.items() if v is not None},
+    )
+    return {"tokenizer.model": model, "tokenizer_config.json": json.dumps(config, ensure_ascii=False)}
 
 
 def gguf_bpe_tokenizer(meta: dict) -> BPETokenizer:
     """The byte-level BPE vocabulary of a GGUF file's metadata as a tokenizer, built straight from
-    its lists: the tokenizer.json that gguf_tokenizer_files writes, without writing and parsing it
-    (a 151k-token vocabulary's JSON round trip cost seconds at every load)."""
+    its lists (no tokenizer.json is written and parsed: a 151k-token vocabulary's JSON round trip
+    costs seconds). The tests hold it to the tokenizer.json route and to llama.cpp's test vectors."""
     tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [GGUF_NORMAL] * len(tokens)
     pre = meta.get("tokenizer.ggml.pre", "gpt-2")
@@ -448,46 +449,6 @@ def gguf_bpe_tokenizer(meta: dict) -> BPETokenizer:
 
 # llama.cpp's pre-tokenizer names for byte-level BPE vocabularies, and their split regexes
 GGUF_PRE = {"gpt-2": "gpt2", "qwen2": "qwen2", "llama-bpe": "llama-bpe", "llama3": "llama-bpe", "smollm": "smollm"}
-
-
-def _hf_bpe_json(tokens: list[str], types: list[int], merges: list[str], pre: str) -> str:
-    if pre not in GGUF_PRE:
-        raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(GGUF_PRE)}")
-    pattern = PATTERNS[GGUF_PRE[pre]]
-    level = lambda use_regex: {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": use_regex}
-    if pattern == GPT2_PATTERN:
-        pre_tokenizer = level(True)
-    elif pattern == GPT2_DIGITS_PATTERN:
-        pre_tokenizer = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, level(True)]}
-    else:
-        split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
-        pre_tokenizer = {"type": "Sequence", "pretokenizers": [split, level(False)]}
-    added = [i for i, t in enumerate(types) if t in (GGUF_CONTROL, GGUF_USER_DEFINED)]
-    spec = {
-        "version": "1.0",
-        "added_tokens": [
-            {"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-            for i in added
-        ],
-        # Qwen2's own tokenizer normalizes to NFC; the others have no normalizer
-        "normalizer": {"type": "NFC"} if GGUF_PRE[pre] == "qwen2" else None,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": None,
-        "decoder": level(False),
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": False,
-            "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": merges,
-        },
-    }
-    return json.dumps(spec, ensure_ascii=False)
 
 
 def sentencepiece_model(tokens, scores, types, *, add_dummy_prefix: bool, special: dict[str, int]) -> bytes:

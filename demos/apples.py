@@ -13,8 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demos.cli import demo_parser, load_for_demo, report
 from experiments import digit_sweep, span_of, word_ranges
-
-PROMPT = 'Question: In the sentence "{sentence}", how many times is a {category} mentioned? Reply with a single-digit number\nAnswer: '
+from paper import COUNTING_PROMPT
 
 
 def main(argv=None):
@@ -27,7 +26,7 @@ def main(argv=None):
     model, tokenizer = load_for_demo(args)
 
     sentence = " ".join([args.word] * args.repetitions)
-    prompt = PROMPT.format(sentence=sentence, category=args.category)
+    prompt = COUNTING_PROMPT.format(sentence=sentence, category=f"a {args.category}")
     at = prompt.index(sentence)
     ids, span = span_of(tokenizer, prompt, [(at + a, at + b) for a, b in word_ranges(sentence, args.word)])
     print(f"prompt: {prompt!r}\nshrunk tokens: {[tokenizer.decode([ids[i]]) for i in span]}")

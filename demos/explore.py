@@ -55,11 +55,11 @@ import torch
 import experiments as ex
 from contgpt import KVCache
 from demos.cli import add_model_options, load_for_demo
+from paper import APPLES_PROMPT
 from sweep import last_logits
 
 PAGE = Path(__file__).with_name("explore.html")
 ROOT = Path(__file__).resolve().parents[1]  # the checkout the page's code imports contgpt from
-APPLES = 'Question: In the sentence "apple apple apple apple", how many times is a fruit mentioned? Reply with a single-digit number\nAnswer: '
 MAX_BODY = 64 * 1024  # bytes of a request
 MAX_PROMPT_CHARS = 4000
 MAX_TOKENS = 512
@@ -117,7 +117,7 @@ class Explorer:
             "dtype": str(self.model.precision),
             "layers": cfg.n_layers,
             "heads": cfg.n_heads,
-            "prompt": APPLES,
+            "prompt": APPLES_PROMPT,
             "answers": ", ".join(ex.DIGITS),
             "max_tokens": MAX_TOKENS,
             "max_duration": MAX_DURATION,

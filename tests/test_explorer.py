@@ -21,7 +21,7 @@ from sweep import last_logits
 
 pytestmark = pytest.mark.slow  # the real default model, served, and a browser
 
-APPLES = explore.APPLES
+APPLES = explore.APPLES_PROMPT
 DIGITS = ex.DIGITS
 
 

@@ -199,7 +199,7 @@ def test_the_sweep_chart_names_what_it_shows(page):
     assert chart["titles"] == ["duration d of the selected tokens", "probability of the next token"]
     assert chart["swatches"] == 10 and len(set(chart["styles"])) == 10  # no two curves look alike
     assert "tokens 3–5" in chart["caption"] and "6 points from 0.1 to 1" in chart["caption"]
-    assert json.dumps(explore.APPLES[:90])[:-1] in chart["caption"]
+    assert json.dumps(explore.APPLES_PROMPT[:90])[:-1] in chart["caption"]
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(browser).move_to_element(browser.find_element("id", "sweep-hit")).perform()

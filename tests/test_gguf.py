@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from gguf_vocab import gguf_tokenizer_files
 
 import download
 import load as load_module
@@ -13,7 +14,7 @@ from conftest import CACHE, LLAMA_CPP_VOCABS, assert_close, fetch_or_skip, llama
 from download import DownloadError
 from gguf_file import FORMATS, GGUFFile
 from load import load
-from tokenizer import Tokenizer, gguf_tokenizer_files
+from tokenizer import Tokenizer
 
 TOL = 2e-4  # float32, real models of 18-30 layers against transformers' reader: measured up to 8.7e-5 (SmolLM2);
 # 2026-12-02: 5.9e-5 (Gemma 3), 6.4e-5 (Qwen2.5), 7.7e-5 (SmolLM2)
@@ -161,29 +162,6 @@ def test_loading_writes_nothing_to_the_cache(tmp_path):
     assert not root.exists() or not any(root.rglob("*"))
     again, _ = load(path, dtype="float32")
     assert torch.equal(again(torch.tensor([1, 2, 3])), model(torch.tensor([1, 2, 3])))
-
-
-def test_old_float32_conversions_are_removed(tmp_path, capsys):
-    """The float32 conversions earlier versions cached, finished or interrupted by a kill, go at
-    the next GGUF load; an unfinished one that is still young may have a live writer and stays."""
-    import os
-    import time
-
-    old = download.cache_dir() / load_module.OLD_CONVERSIONS
-    (old / "qwen-0123456789abcdef").mkdir(parents=True)
-    (old / "qwen-0123456789abcdef" / "model.safetensors").write_bytes(b"x" * 1000)
-    killed, live = old / ".converting-killed", old / ".converting-live"
-    for folder in (killed, live):
-        folder.mkdir()
-        (folder / "model.safetensors").write_bytes(b"y" * 100)
-    hours_ago = time.time() - 2 * load_module.STALE_SECONDS
-    os.utime(killed, (hours_ago, hours_ago))
-    load(write_tiny_gguf(tmp_path / "tiny.gguf"))
-    assert sorted(p.name for p in old.iterdir()) == [".converting-live"]
-    assert "removed" in capsys.readouterr().err
-    os.utime(live, (hours_ago, hours_ago))
-    load(tmp_path / "tiny.gguf")
-    assert not old.exists()
 
 
 def test_gguf_without_vocabulary_loads_without_tokenizer(tmp_path):

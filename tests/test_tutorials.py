@@ -180,7 +180,7 @@ CASES = [  # (checker, its inputs, the right answer, wrong answers a student cou
     (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
     (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
     (
-        checks.key_positions,
+        checks.keys_under_rule,
         (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),
         torch.tensor([-0.5, 0.25, 1.5]),
         [torch.tensor([-1.0, 0.0, 0.5]), torch.tensor([0.0, 0.5, 2.5])],

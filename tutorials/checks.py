@@ -127,7 +127,7 @@ def float32_half_step_lost(answer) -> None:
 # ----------------------------------------------------------------------------- 3: attention as an integral
 
 
-def key_positions(answer, positions, durations, rule: str) -> None:
+def keys_under_rule(answer, positions, durations, rule: str) -> None:
     """Where each key sits in its interval (t - d, t] under a quadrature rule."""
     if _open(answer):
         return
