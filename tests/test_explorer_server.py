@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import tiny_explorer_model
-from demos import explore
+from demos import explore, explore_http
 from tokenizer import Tokenizer
 
 BATCH_SECONDS = 0.1  # of the slow sweep below
@@ -44,11 +44,11 @@ class CountingExplorer(explore.Explorer):
 def server(trained_bpe_json):
     tokenizer = Tokenizer.from_file(trained_bpe_json)
     explorer = CountingExplorer(tiny_explorer_model(tokenizer, 0.1), tokenizer, "tiny")
-    saved, explore.READ_TIMEOUT = explore.READ_TIMEOUT, READ_TIMEOUT
+    saved, explore_http.READ_TIMEOUT = explore_http.READ_TIMEOUT, READ_TIMEOUT
     try:
         httpd = explore.serve(explorer, "127.0.0.1", 0)
     finally:
-        explore.READ_TIMEOUT = saved
+        explore_http.READ_TIMEOUT = saved
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield explorer, httpd.server_address[1]
     httpd.shutdown()
@@ -286,8 +286,8 @@ def test_open_connections_are_bounded_and_a_flood_passes(server, monkeypatch):
     idle ones reach their deadline they are dropped, a normal request is answered, and the
     server's threads are back to their count."""
     explorer, _ = server
-    monkeypatch.setattr(explore, "MAX_CONNECTIONS", 8)
-    monkeypatch.setattr(explore, "READ_TIMEOUT", READ_TIMEOUT)
+    monkeypatch.setattr(explore_http, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(explore_http, "READ_TIMEOUT", READ_TIMEOUT)
     httpd = explore.serve(explorer, "127.0.0.1", 0)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     port = httpd.server_address[1]
