@@ -1,14 +1,19 @@
-"""The command-line plumbing every demo shares: model options, loading with a report, and
-printing and saving a sweep's results. The experiments themselves are in experiments.py."""
+"""The command-line plumbing every demo shares: model options, loading with a report, and the
+output of a run (a text table, a figure, a JSON file, each written whole). The experiments
+themselves are in experiments.py."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import math
 import sys
 import time
 from pathlib import Path
 
-from experiments import Curves, plot, save_json, table
+from download import write_atomic
+from experiments import Curves
 from load import load
 from parallel import refuse_distributed
 from precision import DTYPES, pick_device
@@ -69,3 +74,63 @@ def report(curves: Curves, out: Path, name: str, title: str, started: float, sho
     png = plot(curves, out / f"{name}.png", title, show)
     data = save_json({"title": title, **curves.to_dict()}, out / f"{name}.json")
     print(f"wrote {png} and {data} in {time.perf_counter() - started:.1f} s")
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def table(curves: Curves, rows: int = 10) -> str:
+    """A compact text table: about `rows` evenly spaced points, one column per answer."""
+    step = max(1, math.ceil(len(curves.x) / rows))
+    picks = sorted(set(range(0, len(curves.x), step)) | {len(curves.x) - 1})
+    width = max(5, *(len(a) for a in curves.answers))
+    head = f"{curves.xlabel:>8} " + " ".join(f"{a:>{width}}" for a in curves.answers) + f" {'other':>{width}}  top"
+    lines = [head]
+    for i in picks:
+        cells = " ".join(f"{p:>{width}.3f}" for p in curves.probs[i].tolist())
+        lines.append(f"{curves.x[i]:>8.3f} {cells} {curves.other[i].item():>{width}.3f}  {curves.top()[i]}")
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """The figure drawn in memory, then written under a temporary name and renamed: a reader (or
+    a kill) never finds half a picture at path."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip(".") or "png")
+    pyplot().close(fig)
+    write_atomic(path, lambda out: out.write(image.getvalue()))
+    return path
+
+
+def plot(curves: Curves, path: Path, title: str, show: list[str] | None = None) -> Path:
+    """Probability against the swept factor, one line per tracked answer, "other" dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    for i, answer in enumerate(curves.answers):
+        if show is None or answer in show:
+            ax.plot(curves.x, curves.probs[:, i].tolist(), label=answer, linewidth=1.6)
+    ax.plot(curves.x, curves.other.tolist(), "k--", label="other", linewidth=1.0)
+    ax.set(xlabel=curves.xlabel, ylabel="probability", title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(curves.answers) > 6 else 1, loc="best")
+    return save_figure(fig, path)
+
+
+def save_json(data: dict, path: Path) -> Path:
+    """data as JSON at path, written under a temporary name and renamed (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1)
+    write_atomic(path, lambda out: out.write(text.encode()))
+    return path

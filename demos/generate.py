@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from demos.cli import add_model_options, load_for_demo
-from experiments import save_json, shrink, span_of
+from demos.cli import add_model_options, load_for_demo, save_json
+from experiments import shrink, span_of
 
 PROMPT = 'In the sentence "apple apple apple apple", the word apple appears'
 

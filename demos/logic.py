@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from demos.cli import demo_parser, load_for_demo
-from experiments import answer_probs, pyplot, save_figure, save_json, word_swap
+from demos.cli import demo_parser, load_for_demo, pyplot, save_figure, save_json
+from experiments import answer_probs, word_swap
 from sweep import last_logits
 
 TEMPLATE = "Question: What is the truth value of the following statement?\n{x} {{}} {y}\nAnswer (0 or 1): "

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from contgpt import RULES
-from demos.cli import demo_parser, load_for_demo
-from experiments import pyplot, refine, save_figure, save_json
+from demos.cli import demo_parser, load_for_demo, pyplot, save_figure, save_json
+from experiments import refine
 from sweep import last_logits
 
 

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 import paper
 import parallel
-from demos.cli import add_model_options, load_for_demo
-from experiments import answer_probs, pyplot, save_figure, save_json
+from demos.cli import add_model_options, load_for_demo, pyplot, save_figure, save_json
+from experiments import answer_probs
 from precision import resolve
 from sweep import last_logits
 

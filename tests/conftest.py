@@ -10,16 +10,18 @@ import os
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's modules, from any working directory
+
+from download import cache_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
-CACHE = Path(__import__("download").cache_dir())  # the user's cache, before any test redirects it
+CACHE = cache_dir()  # the user's cache, before any test redirects it
 STORIES = SHARED / "models" / "stories260K"
 
 needs_stories = pytest.mark.skipif(not (STORIES / "model.safetensors").exists(), reason="../shared/models/stories260K absent")
@@ -337,8 +339,6 @@ def trained_bpe_json(tmp_path_factory):
 
 def in_ci() -> bool:
     """CI=true (or 1, yes) as CI services set it; CI=false or an empty CI is not CI."""
-    import os
-
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -422,49 +422,3 @@ def browser():
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
     driver.quit()
-
-
-def wait(driver, script, *arguments, timeout=60):
-    """Until the page's script (with its arguments) returns something true, or TimeoutError."""
-    deadline = time.time() + timeout
-    while not driver.execute_script(script, *arguments):
-        if time.time() > deadline:
-            raise TimeoutError(script)
-        time.sleep(0.05)
-
-
-def click_chip(driver, index, shift=False):
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    chip = driver.find_element(By.CSS_SELECTOR, f"g.chip[data-index='{index}'] rect")
-    actions = ActionChains(driver)
-    if shift:
-        actions.key_down(Keys.SHIFT).click(chip).key_up(Keys.SHIFT).perform()
-    else:
-        actions.click(chip).perform()
-
-
-SETTLED = "return window.explorer.stats.settled"  # the page shows the answer to its newest state
-
-
-def slide(driver, slider, value):
-    """Move a range input as a user's drag ends: set it and fire its input event."""
-    driver.execute_script(f"const s = document.getElementById('{slider}'); s.value = {value}; s.dispatchEvent(new Event('input'))")
-    wait(driver, SETTLED)
-
-
-def open_page(driver, url):
-    driver.get(url + "/")
-    wait(driver, "return window.explorer && window.explorer.stats.updates > 0 && window.explorer.stats.settled")
-
-
-def screenshot(driver, path):
-    """The whole page (the window made as tall as the page for the picture, then put back)."""
-    size = driver.get_window_size()
-    driver.set_window_size(size["width"], driver.execute_script("return document.documentElement.scrollHeight") + 140)
-    driver.save_screenshot(str(path))
-    driver.set_window_size(size["width"], size["height"])
-    if os.environ.get("CONTGPT_SCREENSHOT"):  # how docs/explorer.png is made: CONTGPT_SCREENSHOT=docs/explorer.png
-        shutil.copy(path, os.environ["CONTGPT_SCREENSHOT"])

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 import pytest
 
 import download
-import experiments as ex
 import parallel
 from conftest import ROOT
+from demos import cli
 
 OLD = b'{"key": "old", "value": "the file as it was"}\n'
 
@@ -74,14 +74,14 @@ def write_atomic(path, data: bytes):
 
 
 def save_json(path, data: bytes):
-    ex.save_json({"payload": data.decode()}, path)
+    cli.save_json({"payload": data.decode()}, path)
 
 
 def save_figure(path, data: bytes):
-    plt = ex.pyplot()
+    plt = cli.pyplot()
     fig, ax = plt.subplots()
     ax.plot(range(len(data) // 1000))
-    ex.save_figure(fig, path)
+    cli.save_figure(fig, path)
 
 
 def second_rank(path):
@@ -94,8 +94,8 @@ def merge(path, data: bytes):
     parallel.Records(path.parent, path.name.removesuffix(".jsonl"), 0).merge([str(k) for k in range(100)])
 
 
-WRITERS = {"download.write_atomic": write_atomic, "experiments.save_json": save_json, "experiments.save_figure": save_figure, "Records.merge": merge}
-NAMES = {"download.write_atomic": "file.bin", "experiments.save_json": "out.json", "experiments.save_figure": "out.png", "Records.merge": "run.jsonl"}
+WRITERS = {"download.write_atomic": write_atomic, "cli.save_json": save_json, "cli.save_figure": save_figure, "Records.merge": merge}
+NAMES = {"download.write_atomic": "file.bin", "cli.save_json": "out.json", "cli.save_figure": "out.png", "Records.merge": "run.jsonl"}
 
 
 @pytest.mark.parametrize("writer", WRITERS)

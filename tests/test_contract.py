@@ -168,9 +168,8 @@ test_last_logits_equals_plain_forwards, test_last_logits_equals_plain_forwards_q
 @pytest.fixture(scope="module")
 def byte_level(trained_bpe_json):
     """Every byte-level BPE tokenizer here, with the normalization its vocabulary applies."""
-    from gguf_vocab import gguf_tokenizer_files
-
     from gguf_file import GGUFFile
+    from gguf_vocab import gguf_tokenizer_files
     from tokenizer import Tokenizer
 
     found = {

@@ -10,6 +10,7 @@ import torch
 
 import experiments as ex
 from conftest import VOCAB, assert_close, varied_strings
+from demos import cli
 from load import load
 from sweep import last_logits
 from tokenizer import Tokenizer
@@ -326,11 +327,11 @@ def small_curves(n_answers=2, n_points=3, **meta):
 
 
 def drawn(monkeypatch, curves, tmp_path, **options):
-    """The axes ex.plot drew (caught on their way to save_figure), after checking it wrote a PNG."""
+    """The axes cli.plot drew (caught on their way to save_figure), after checking it wrote a PNG."""
     figures = []
-    save = ex.save_figure
-    monkeypatch.setattr(ex, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
-    path = ex.plot(curves, tmp_path / "new" / "folder" / "x.png", "the title", **options)
+    save = cli.save_figure
+    monkeypatch.setattr(cli, "save_figure", lambda fig, path: figures.append(fig) or save(fig, path))
+    path = cli.plot(curves, tmp_path / "new" / "folder" / "x.png", "the title", **options)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     return figures[0].axes[0]
 
@@ -372,15 +373,15 @@ def test_json_holds_the_curves_and_their_meta(tmp_path):
         "span": [3, 4],
         "prompt": "p",
     }
-    path = ex.save_json(data, tmp_path / "new" / "folder" / "x.json")
-    assert ex.save_json(data, tmp_path / "new" / "folder" / "x.json") == path  # again, into the folder it made
+    path = cli.save_json(data, tmp_path / "new" / "folder" / "x.json")
+    assert cli.save_json(data, tmp_path / "new" / "folder" / "x.json") == path  # again, into the folder it made
     assert path == tmp_path / "new" / "folder" / "x.json" and json.loads(path.read_text()) == data
     assert path.read_text().startswith('{\n "xlabel"')  # indented, one key a line
 
 
 def test_table_samples_about_the_rows_asked_and_always_the_last_point():
     curves = small_curves(2, 25)
-    lines = ex.table(curves, rows=10).splitlines()
+    lines = cli.table(curves, rows=10).splitlines()
     assert lines[:2] == ["       c    a0    a1 other  top", "   0.000 0.310 0.020 0.670  a0"]  # columns 5 wide at least
     assert lines[0].split() == ["c", "a0", "a1", "other", "top"]
     picks = [0, 3, 6, 9, 12, 15, 18, 21, 24]  # every ceil(25 / 10) = 3rd point, the last one included
@@ -391,5 +392,5 @@ def test_table_samples_about_the_rows_asked_and_always_the_last_point():
         assert cells[4] == curves.top()[i]
     ends = {tuple(m.end() for m in re.finditer(r"\S+", line))[:4] for line in lines}
     assert len(ends) == 1  # the numbers right-aligned under their headings
-    assert len(ex.table(small_curves(2, 26), rows=10).splitlines()) == 1 + 10  # ceil(26 / 10) = 3: 0, 3, ..., 24 and 25
-    assert len(ex.table(small_curves(2, 3), rows=10).splitlines()) == 1 + 3  # fewer points than rows: all of them
+    assert len(cli.table(small_curves(2, 26), rows=10).splitlines()) == 1 + 10  # ceil(26 / 10) = 3: 0, 3, ..., 24 and 25
+    assert len(cli.table(small_curves(2, 3), rows=10).splitlines()) == 1 + 3  # fewer points than rows: all of them

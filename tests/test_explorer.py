@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import experiments as ex
-from conftest import CACHE, ROOT, SETTLED, click_chip, fetch_or_skip, open_page, screenshot, slide, wait
+from conftest import CACHE, ROOT, fetch_or_skip
 from demos import explore
+from page_driver import SETTLED, click_chip, open_page, screenshot, slide, wait
 from sweep import last_logits
 
 pytestmark = pytest.mark.slow  # the real default model, served, and a browser

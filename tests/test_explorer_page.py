@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from conftest import SETTLED, click_chip, open_page, slide, tiny_explorer_model, wait
+from conftest import tiny_explorer_model
 from demos import explore
+from page_driver import SETTLED, click_chip, open_page, slide, wait
 from tokenizer import Tokenizer
 
 POINT_SECONDS = 0.05  # each sweep point is slowed to this, one point a batch, so that a sweep can be caught running

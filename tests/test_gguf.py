@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from gguf_vocab import gguf_tokenizer_files
 
 import download
 import load as load_module
 from conftest import CACHE, LLAMA_CPP_VOCABS, assert_close, fetch_or_skip, llama_cpp_vocab_dir, reference_mask
 from download import DownloadError
 from gguf_file import FORMATS, GGUFFile
+from gguf_vocab import gguf_tokenizer_files
 from load import load
 from tokenizer import Tokenizer
 
