@@ -388,6 +388,7 @@ class Transformer(nn.Module):
         # which keeps the parameter names equal to the checkpoint's (tied ones store no lm_head)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.precision = None  # how load() chose the dtype (a precision.Precision), for reports
+        self.embed_scale = cfg.quirks.embed_scale
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw embedding-table rows (no family scaling): what `embeds=` takes, for interpolation."""
@@ -415,7 +416,7 @@ class Transformer(nn.Module):
         cfg = self.config
         x, pos, dur = validate.inputs(self, tokens, embeds, positions, durations, rule, cache, default_timeline, key_positions)
         B, T = pos.shape  # the new tokens' timeline (B, T), float32
-        if cfg.quirks.embed_scale:  # rounded to the model dtype, as the reference models do
+        if self.embed_scale:  # rounded to the model dtype, as the reference models do
             x = x * torch.tensor(cfg.dim**0.5, dtype=x.dtype)
         x = x * cfg.embedding_multiplier if cfg.embedding_multiplier != 1 else x  # Granite
         x = x.expand(B, T, cfg.dim)  # one example may be shared by a batch of timelines
