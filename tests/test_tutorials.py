@@ -89,6 +89,19 @@ xs, ys = [0, 0.1, 0.5, 1.0], [1.0, 0.8, 0.5, 0.0]
 lensed = torch.tensor([[0.5, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0], [0.1, 0.2, 0.6, 0, 0, 0, 0, 0, 0, 0], [0.0, 0.0, 0.9, 0, 0, 0, 0, 0, 0, 0]])
 
 
+def rope_by_hand(v, position, head_dim=64, theta=1e6, sign=1.0, interleaved=False, step=2):
+    """RoPE written out independently, and with the slips a student could make: the interleaved
+    layout (pairs 2i, 2i + 1), the angle's sign, the frequencies' exponent."""
+    f = theta ** (-torch.arange(0, head_dim, step, dtype=torch.float64)[: head_dim // 2] / head_dim)
+    c, s = torch.cos(sign * position * f), torch.sin(sign * position * f)
+    v = v.double()
+    if interleaved:
+        a, b = v[0::2], v[1::2]
+        return torch.stack((a * c - b * s, b * c + a * s), -1).flatten()
+    a, b = v[: head_dim // 2], v[head_dim // 2 :]
+    return torch.cat((a * c - b * s, b * c + a * s))
+
+
 def split_by_hand(positions, durations, m):
     """The refinement written out independently of ex.refine: copy k of token j ends at
     t_j - d_j + (k + 1) d_j / m."""
@@ -179,6 +192,16 @@ CASES = [  # (checker, its inputs, the right answer, wrong answers a student cou
     (checks.rotation_angle, (2.5, 5, 64, theta), 2.5 * theta ** (-10 / 64), [2.5 * theta ** (-5 / 64), theta ** (-10 / 64)]),
     (checks.equivalent_key_position, (10.0, 4.5, 0.0), 5.5, [14.5, 4.5]),
     (checks.float32_half_step_lost, (), 2.0**23, [2.0**24, 2.0**22]),
+    (
+        checks.rope_rotation,
+        (64, theta),
+        rope_by_hand,
+        [
+            lambda v, t: rope_by_hand(v, t, interleaved=True),
+            lambda v, t: rope_by_hand(v, t, sign=-1.0),
+            lambda v, t: rope_by_hand(v, t, step=1),
+        ],
+    ),
     (
         checks.keys_under_rule,
         (torch.tensor([0.0, 0.5, 2.5]), torch.tensor([1.0, 0.5, 2.0]), "midpoint"),

@@ -124,6 +124,30 @@ def float32_half_step_lost(answer) -> None:
     _right(_close(answer, truth, 0.0), "float32 has 24 bits of mantissa: at 2^k the spacing between numbers is 2^(k-23).")
 
 
+def rope_rotation(answer, head_dim: int, theta: float) -> None:
+    """Your rotate(v, position): RoPE on one head's vector v (head_dim,) at a real position, the
+    split-half layout (pair i is channels i and i + head_dim / 2). Checked against contgpt's own
+    rotary and apply_rotary on vectors and fractional positions drawn here, and on the property
+    that makes it a relative encoding: the score of two rotated vectors depends on t - s only."""
+    if _open(answer):
+        return
+    hint = (
+        "Pair i turns by position * theta^(-2i/head_dim): (v_i cos - v_(i+h) sin, v_(i+h) cos + v_i sin), "
+        "h = head_dim / 2; the first half of the result holds the first channels of the pairs."
+    )
+    g = torch.Generator().manual_seed(0)
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    for position in (0.0, 0.5, 2.5, 7.75):
+        v = torch.randn(head_dim, generator=g)
+        cos, sin = contgpt.rotary(torch.tensor([[position]]), inv_freq)
+        truth = contgpt.apply_rotary(v[None, None, None, :], cos, sin)[0, 0, 0]
+        if not _close(_call(answer, hint, v.clone(), position), truth, 1e-5):
+            _right(False, hint)
+    q, k = torch.randn(head_dim, generator=g), torch.randn(head_dim, generator=g)
+    scores = [float(_call(answer, hint, q, t) @ _call(answer, hint, k, t - 1.5)) for t in (1.5, 4.0, 9.25)]
+    _right(max(scores) - min(scores) < 1e-4 * max(1.0, abs(scores[0])), hint)
+
+
 # ----------------------------------------------------------------------------- 3: attention as an integral
 
 
