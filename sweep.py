@@ -45,11 +45,24 @@ def last_logits(
     progress: a tqdm bar over points (a string is its label), or a function called with
     (points done, points) after each batch.
     """
-    if (tokens is None) == (embeds is None):
-        raise ValueError("give exactly one of tokens= or embeds=")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be None (automatic) or an integer >= 1, not {batch_size!r}")
-    inputs = {"tokens": tokens, "embeds": embeds, "positions": positions, "durations": durations}
+    per_point, n_points, T = _checked_points(model, tokens=tokens, embeds=embeds, positions=positions, durations=durations)
+    prefix = shared_prefix_length(per_point) if share_prefix else 0
+    prefix = min(prefix, T - 1)  # at least the last token runs for every point: its logits are read
+    cache = None
+    if prefix:
+        cache = KVCache(rule)
+        model(**_slice(per_point, slice(0, 1), slice(0, prefix)), rule=rule, cache=cache, last_only=True)  # keys only
+    size = batch_size or auto_batch_size(model, n_points, T - prefix, T)
+    return _in_batches(model, per_point, n_points, slice(prefix, T), cache, size, rule, progress)
+
+
+def _checked_points(model: Transformer, **inputs) -> tuple[dict, int, int]:
+    """The sweep's inputs checked and on the model's device, each (1 or N, T, ...), with the
+    model's default timeline made explicit; and N points, T tokens."""
+    if (inputs["tokens"] is None) == (inputs["embeds"] is None):
+        raise ValueError("give exactly one of tokens= or embeds=")
     per_point = {k: _per_point(k, v) for k, v in inputs.items() if v is not None}
     n_points = max(v.shape[0] for v in per_point.values())
     rows = {k: v.shape[0] for k, v in per_point.items()}
@@ -61,19 +74,15 @@ def last_logits(
     T = next(iter(lengths.values()))
     if n_points == 0 or T == 0:
         raise ValueError(f"a sweep needs at least one point and one token, not {n_points} points of {T} tokens")
-    device = model.device
     if "positions" not in per_point or "durations" not in per_point:  # the model's defaults, made explicit
         pos, dur = validate.timeline(1, T, per_point.get("positions"), per_point.get("durations"), None, "cpu", default_timeline)
         per_point["positions"], per_point["durations"] = pos, dur
-    per_point = {k: v.to(device) for k, v in per_point.items()}
+    return {k: v.to(model.device) for k, v in per_point.items()}, n_points, T
 
-    prefix = shared_prefix_length(per_point) if share_prefix else 0
-    prefix = min(prefix, T - 1)  # at least the last token runs for every point: its logits are read
-    cache = None
-    if prefix:
-        cache = KVCache(rule)
-        model(**_slice(per_point, slice(0, 1), slice(0, prefix)), rule=rule, cache=cache, last_only=True)  # keys only
-    size = batch_size or auto_batch_size(model, n_points, T - prefix, T)
+
+def _in_batches(model, per_point: dict, n_points: int, columns: slice, cache, size: int, rule: str, progress) -> torch.Tensor:
+    """The last position's logits (N, vocab) of every point, `size` points per forward, each
+    continuing the shared prefix's cache (if any) over the given token columns."""
     out = []
     label = progress if isinstance(progress, str) else "sweep"
     report = progress if callable(progress) else None
@@ -81,8 +90,7 @@ def last_logits(
         for start in range(0, n_points, size):
             rows = slice(start, min(start + size, n_points))
             n = rows.stop - rows.start
-            batch = _slice(per_point, rows, slice(prefix, T))
-            logits = model(**batch, rule=rule, last_only=True, cache=cache.expand(n) if cache else None)
+            logits = model(**_slice(per_point, rows, columns), rule=rule, last_only=True, cache=cache.expand(n) if cache else None)
             out.append(logits[:, 0])
             bar.update(n)
             if report:
