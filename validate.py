@@ -27,10 +27,9 @@ def inputs(model, tokens, embeds, positions, durations, rule: str, cache, fill, 
         raise ValueError(f"this cache holds keys placed by rule {cache.rule!r}, not {rule!r}")
     x = embeddings(model, tokens, embeds)  # (B0, T, dim)
     pos, dur = timeline(x.shape[0], x.shape[1], positions, durations, cache, x.device, fill)
-    keys = place(pos, dur, rule)  # an unknown rule raises here
     if rule != "right":  # |t| < 2**20 and d finite, so keys are finite, but may leave the range
         name = f"key positions (rule {rule!r}: position - {'duration' if rule == 'left' else 'duration / 2'})"
-        _check_position_range(name, keys)
+        _check_position_range(name, place(pos, dur, rule))  # an unknown rule raises in place()
     return x, pos, dur
 
 
