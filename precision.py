@@ -184,25 +184,23 @@ def remeasure() -> tuple[bool, str]:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what platform says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "CPU part"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field(("model name", "Model", "CPU part")) or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str] | None:
     """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); None elsewhere."""
+    value = cpuinfo_field(("flags", "Features"))
+    return set(value.split()) if value is not None else None
+
+
+def cpuinfo_field(keys: tuple[str, ...]) -> str | None:
+    """The value of the first line of /proc/cpuinfo whose key is one of `keys`, or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         pass
     return None
