@@ -72,6 +72,11 @@ def _call(function, hint: str, *args):
         raise AssertionError(f"not quite. Your function raised {type(error).__name__}: {error}. {hint}") from None
 
 
+def _agrees_on(function, hint: str, cases, tol: float) -> bool:
+    """Whether your function gives the truth on every (arguments, truth) case a checker drew."""
+    return all(_close(_call(function, hint, *args), truth, tol) for args, truth in cases)
+
+
 def _hooked(module, call):
     """What module's forward returned while call() ran, caught by a forward hook."""
     seen = []
@@ -137,12 +142,13 @@ def rope_rotation(answer, head_dim: int, theta: float) -> None:
     )
     g = torch.Generator().manual_seed(0)
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    cases = []
     for position in (0.0, 0.5, 2.5, 7.75):
         v = torch.randn(head_dim, generator=g)
         cos, sin = contgpt.rotary(torch.tensor([[position]]), inv_freq)
-        truth = contgpt.apply_rotary(v[None, None, None, :], cos, sin)[0, 0, 0]
-        if not _close(_call(answer, hint, v.clone(), position), truth, 1e-5):
-            _right(False, hint)
+        cases.append(((v.clone(), position), contgpt.apply_rotary(v[None, None, None, :], cos, sin)[0, 0, 0]))
+    if not _agrees_on(answer, hint, cases, 1e-5):
+        _right(False, hint)
     q, k = torch.randn(head_dim, generator=g), torch.randn(head_dim, generator=g)
     scores = [float(_call(answer, hint, q, t) @ _call(answer, hint, k, t - 1.5)) for t in (1.5, 4.0, 9.25)]
     _right(max(scores) - min(scores) < 1e-4 * max(1.0, abs(scores[0])), hint)
@@ -282,15 +288,15 @@ def proportional_attention(answer) -> None:
         return
     hint = "A key standing for s copies has s times the weight of one copy: add log(size) to its score before the softmax."
     g = torch.Generator().manual_seed(0)
+    cases = []
     for S in (1, 4, 9):
         scores = torch.randn(S, generator=g, dtype=torch.float64) * 3
         counts = torch.randint(1, 6, (S,), generator=g)
         unmerged = scores.repeat_interleave(counts).softmax(-1)  # every copy of key j has key j's score
         truth = torch.stack([part.sum() for part in unmerged.split(counts.tolist())])  # the copies' total per key
-        # weights are at most 1: 1e-6 accepts an answer computed in float32 as well as float64
-        if not _close(_call(answer, hint, scores.clone(), counts.double()), truth, 1e-6):
-            _right(False, hint)
-    _right(True, hint)
+        cases.append(((scores.clone(), counts.double()), truth))
+    # weights are at most 1: 1e-6 accepts an answer computed in float32 as well as float64
+    _right(_agrees_on(answer, hint, cases, 1e-6), hint)
 
 
 def peak_duration(answer, durations, probs, digit: int) -> None:
@@ -315,13 +321,12 @@ def slerp(answer) -> None:
         "times the linearly interpolated norm (1 - alpha) |a| + alpha |b|."
     )
     g = torch.Generator().manual_seed(0)
+    cases = []
     for D in (2, 16):
         a, b = torch.randn(D, generator=g, dtype=torch.float64), 3 * torch.randn(D, generator=g, dtype=torch.float64)
-        for alpha in (0.0, 0.3, 0.5, 1.0):
-            truth = ex.interpolate(a, b, [alpha], "slerp")[0]  # float64 vectors: float64 arithmetic
-            if not _close(_call(answer, hint, a.clone(), b.clone(), alpha), truth, 1e-6):
-                _right(False, hint)
-    _right(True, hint)
+        for alpha in (0.0, 0.3, 0.5, 1.0):  # float64 vectors: ex.interpolate computes in float64
+            cases.append(((a.clone(), b.clone(), alpha), ex.interpolate(a, b, [alpha], "slerp")[0]))
+    _right(_agrees_on(answer, hint, cases, 1e-6), hint)
 
 
 def lipschitz(answer) -> None:
@@ -331,10 +336,8 @@ def lipschitz(answer) -> None:
         return
     hint = "The largest |y[i+1] - y[i]| / (x[i+1] - x[i]), multiplied by (x[-1] - x[0]) and divided by (max y - min y)."
     x = torch.linspace(0, 1, 41, dtype=torch.float64)
-    for y in (2 * x + 1, x**2, torch.sigmoid(20 * (x - 0.6)), torch.cos(6 * x), 0.3 * (x > 0.5).double()):
-        if not _close(_call(answer, hint, x.clone(), y.clone()), ex.normalized_lipschitz(x, y), 1e-9):
-            _right(False, hint)
-    _right(True, hint)
+    curves = (2 * x + 1, x**2, torch.sigmoid(20 * (x - 0.6)), torch.cos(6 * x), 0.3 * (x > 0.5).double())
+    _right(_agrees_on(answer, hint, [((x.clone(), y.clone()), ex.normalized_lipschitz(x, y)) for y in curves], 1e-9), hint)
 
 
 def halfway(answer, model, tokenizer, template: str, a: str, b: str, word: str) -> None:
